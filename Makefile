@@ -1,0 +1,45 @@
+# Two commands set everything up on a fresh Debian machine:  make train  |  make test
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+FASHION_MNIST := /usr/share/datasets/fashion-mnist
+ARGS ?=
+
+.PHONY: help install data train test test-all lint format bench reproduce clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(INSTALLED)  ## create .venv and install hgmldl with its dev tools (again only when pyproject.toml changed)
+
+data:  ## Fashion-MNIST from Debian (dataset-fashion-mnist) and the Korean font, where apt-get can install them
+	@if [ -d $(FASHION_MNIST) ] || [ -f data/FashionMNIST/raw/train-images-idx3-ubyte ]; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist fonts-nanum >/dev/null; \
+	else echo "note: no Fashion-MNIST found; run 'sudo apt-get install dataset-fashion-mnist' or train with data.idx_dir=…"; fi
+
+train: install data  ## install, get the data, train the default model (python train.py $(ARGS))
+	$(PY) train.py $(ARGS)
+
+lint: install  ## ruff check + format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install  ## ruff format + autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: install data lint  ## install, get the data, lint, run the tests (the slow ones excluded)
+	$(VENV)/bin/pytest -m "not slow" $(ARGS)
+
+test-all: install data lint  ## every test, the slow ones included
+	$(VENV)/bin/pytest $(ARGS)
+
+clean:  ## remove run outputs (outputs/, multirun/), keeping data/ and .venv/
+	rm -rf outputs multirun .pytest_cache .ruff_cache

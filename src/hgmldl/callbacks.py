@@ -1,0 +1,99 @@
+"""The two Keras callbacks Lightning lacks: EarlyStopping's restore_best_weights, and the History record."""
+
+import csv
+import io
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import early_stopping
+
+from hgmldl.io import write_text_atomic
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "time"]
+
+
+class EarlyStopping(early_stopping.EarlyStopping):
+    """Lightning's EarlyStopping plus Keras' `restore_best_weights`.
+
+    Keras 3 keeps a copy of the weights of the best epoch and puts it back when training ends, whether or not
+    it stopped early; Lightning declined the option (Lightning-AI/pytorch-lightning#1395), so this adds it.
+    The copy lives in memory and in the callback's checkpoint state, so a resumed run restores it too.
+    """
+
+    def __init__(self, *args: Any, restore_best_weights: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.restore_best_weights = restore_best_weights
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.best_epoch = -1
+
+    # Lightning checks at the end of the training epoch when validation runs every epoch, else after validation.
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._remember_best(super().on_train_epoch_end, trainer, pl_module)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._remember_best(super().on_validation_end, trainer, pl_module)
+
+    def _remember_best(self, check: Any, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        best_before = self.best_score.clone()
+        check(trainer, pl_module)
+        if not trainer.sanity_checking and not torch.equal(self.best_score, best_before):
+            self.best_epoch = trainer.current_epoch
+            if self.restore_best_weights:
+                self.best_weights = {name: t.detach().clone() for name, t in pl_module.state_dict().items()}
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.restore_best_weights and self.best_weights is not None:
+            pl_module.load_state_dict(self.best_weights)
+            log.info(
+                "Restored the weights of epoch %d (best %s %.4f)",
+                self.best_epoch,
+                self.monitor,
+                self.best_score,
+            )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "best_epoch": self.best_epoch, "best_weights": self.best_weights}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.best_epoch = state_dict.get("best_epoch", -1)
+        self.best_weights = state_dict.get("best_weights")
+
+
+class History(L.Callback):
+    """Keras' History: one row per epoch of loss, accuracy, val_loss, val_accuracy, written to `history.csv`
+    after every epoch (atomically), and one Keras `verbose=2` line per epoch in the log."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+        self.rows: list[dict[str, Any]] = []
+        self._epoch_start = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        metrics = trainer.callback_metrics
+        row = {"epoch": trainer.current_epoch, "time": round(time.perf_counter() - self._epoch_start, 3)}
+        row |= {name: float(metrics[name]) for name in HISTORY_COLUMNS if name in metrics}
+        self.rows.append(row)
+        if trainer.is_global_zero:
+            text = io.StringIO()
+            writer = csv.DictWriter(text, HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(self.rows)
+            write_text_atomic(self.path, text.getvalue())
+        scores = " - ".join(f"{name}: {row[name]:.4f}" for name in HISTORY_COLUMNS[1:-1] if name in row)
+        log.info("Epoch %d/%d - %.1fs - %s", row["epoch"] + 1, trainer.max_epochs, row["time"], scores)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.rows = state_dict["rows"]

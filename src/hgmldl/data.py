@@ -1,0 +1,280 @@
+"""Fashion-MNIST (혼공머신 ch. 7-8) and MNIST (Deep Learning with Python ch. 2) as Lightning data modules.
+
+The images are read once into tensors scaled to [0, 1]; batches are slices of those tensors, so the training
+path does no per-sample Python or PIL work (torchvision's usual `ToTensor` pipeline costs more than the model).
+"""
+
+import gzip
+import logging
+import math
+import os
+import shutil
+import struct
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DistributedSampler
+
+from hgmldl.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# The four IDX files every MNIST-format dataset ships: (images, labels) for the training and the test set.
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IMAGES_MAGIC, LABELS_MAGIC = (
+    2051,
+    2049,
+)  # IDX headers: 0x00000803 = ubyte × 3 dims, 0x00000801 = ubyte × 1 dim
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+
+# The book's split: train_test_split(train_scaled, train_target, test_size=0.2, random_state=42).
+VAL_FRACTION = 0.2
+SPLIT_SEED = 42
+
+
+def book_split(num_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices exactly as sklearn's train_test_split(test_size=0.2, random_state=42) draws them."""
+    order = np.random.RandomState(SPLIT_SEED).permutation(num_samples)
+    num_val = math.ceil(VAL_FRACTION * num_samples)
+    return order[num_val:], order[:num_val]
+
+
+def check_idx_pair(images_path: Path, labels_path: Path) -> int:
+    """Checks one images/labels pair of IDX files and returns the number of samples.
+
+    torchvision trusts these files; a truncated or foreign file would give a silently wrong dataset or an
+    unreadable error deep inside torch, so every problem is named here with the file it is in.
+    """
+    count = _check_idx(images_path, IMAGES_MAGIC, (IMAGE_SIZE, IMAGE_SIZE))
+    num_labels = _check_idx(labels_path, LABELS_MAGIC, ())
+    if count != num_labels:
+        raise UserError(f"{images_path} holds {count} images but {labels_path} holds {num_labels} labels")
+    labels = np.frombuffer(labels_path.read_bytes(), dtype=np.uint8, offset=8)
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise UserError(f"{labels_path}: label {labels.max()} is outside 0-{NUM_CLASSES - 1}; the file is corrupt")
+    return count
+
+
+def _check_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> int:
+    header_size = 4 * (2 + len(item_shape))
+    try:
+        with open(path, "rb") as file:
+            header = file.read(header_size)
+        size = path.stat().st_size
+    except OSError as error:
+        raise UserError(f"cannot read {path}: {error.strerror}") from error
+    if len(header) < header_size:
+        raise UserError(f"{path} is too short for an IDX header ({size} bytes); the file is truncated or corrupt")
+    found_magic, count, *shape = struct.unpack(f">{2 + len(item_shape)}I", header)
+    if found_magic != magic:
+        raise UserError(f"{path}: magic number {found_magic} is not {magic}; this is not an IDX file of this kind")
+    if tuple(shape) != item_shape:
+        raise UserError(f"{path}: images are {'x'.join(map(str, shape))}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+    expected = header_size + count * math.prod(item_shape)
+    if size != expected:
+        raise UserError(f"{path} is {size} bytes, its header promises {expected}; the file is truncated or corrupt")
+    return count
+
+
+class FashionMNISTDataModule(L.LightningDataModule):
+    """Fashion-MNIST with the book's 48,000 / 12,000 split of the training set and the 10,000 test images.
+
+    `prepare_data` finds the IDX files in this order: `root` in torchvision's layout, `idx_dir` (raw or .gz),
+    the Debian package's folder, then torchvision's download; it lays them out decompressed under
+    `root/<Dataset>/raw/`, where torchvision's dataset class reads them.
+    """
+
+    dataset_class = torchvision.datasets.FashionMNIST
+    system_dirs = ("/usr/share/datasets/fashion-mnist",)  # apt-get install dataset-fashion-mnist
+    install_hint = "apt-get install dataset-fashion-mnist"
+
+    def __init__(
+        self,
+        root: str = "data",
+        idx_dir: str | None = None,
+        batch_size: int = 32,
+        eval_batch_size: int = 1000,
+        batches_per_step: int = 50,
+        seed: int = 42,
+        download: bool = True,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root)
+        self.idx_dir = Path(idx_dir) if idx_dir else None
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.batches_per_step = batches_per_step
+        self.seed = seed
+        self.download = download
+        self.classes: list[str] = list(self.dataset_class.classes)
+
+    @property
+    def raw_dir(self) -> Path:
+        return self.root / self.dataset_class.__name__ / "raw"
+
+    def prepare_data(self) -> None:
+        names = [name for pair in IDX_FILES.values() for name in pair]
+        if all((self.raw_dir / name).exists() for name in names):
+            try:
+                return self._check()
+            except UserError as error:  # damaged, e.g. by an interrupted copy of an older version: rebuild it
+                log.warning("%s: rebuilding it from the IDX sources", error)
+        folders = [*([self.idx_dir] if self.idx_dir else []), *map(Path, self.system_dirs)]
+        found = next((f for f in folders if all(self._find(f, name) for name in names)), None)
+        if found is None:
+            return self._download()
+        for name in names:
+            self._decompress(self._find(found, name), self.raw_dir / name)
+        try:
+            self._check()
+        except UserError as error:
+            raise UserError(f"{error} (copied from {found})") from None
+
+    def _check(self) -> None:
+        for images, labels in IDX_FILES.values():
+            check_idx_pair(self.raw_dir / images, self.raw_dir / labels)
+
+    @staticmethod
+    def _find(folder: Path, name: str) -> Path | None:
+        return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
+
+    @staticmethod
+    def _decompress(source: Path, target: Path) -> None:
+        """Copies `source` (raw or .gz) to `target` through a temporary name, so a half-written copy is never used."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        opener = gzip.open if source.suffix == ".gz" else open
+        try:
+            with opener(source, "rb") as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst, length=1 << 20)
+        except (OSError, EOFError) as error:
+            partial.unlink(missing_ok=True)
+            raise UserError(f"cannot read {source}: {error}; the file is corrupt or truncated") from error
+        os.replace(partial, target)
+
+    def _download(self) -> None:
+        if not self.download:
+            raise UserError(self._missing_message())
+        try:
+            for train in (True, False):
+                self.dataset_class(self.root, train=train, download=True)
+        except Exception as error:  # torchvision raises RuntimeError/URLError/OSError depending on what failed
+            raise UserError(f"{self._missing_message()} (the download failed: {error})") from error
+        self._check()
+
+    def _missing_message(self) -> str:
+        where = f"{self.raw_dir}, {self.idx_dir}" if self.idx_dir else str(self.raw_dir)
+        return (
+            f"{self.dataset_class.__name__} IDX files not found in {where} or {', '.join(self.system_dirs) or '-'}: "
+            f"run `{self.install_hint}` or point data.idx_dir=<folder with the four IDX files (.gz or raw)>"
+        )
+
+    def setup(self, stage: str) -> None:
+        # On a GPU the whole dataset (about 200 MB as float32) lives in device memory: no copies per step.
+        device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        if stage in ("fit", "validate") and not hasattr(self, "train_images"):
+            images, labels = self._load(train=True, device=device)
+            train, val = (torch.as_tensor(indices, device=device) for indices in book_split(len(labels)))
+            self.train_images, self.train_labels = images[train], labels[train]
+            self.val_images, self.val_labels = images[val], labels[val]
+        if stage in ("test", "predict") and not hasattr(self, "test_images"):
+            self.test_images, self.test_labels = self._load(train=False, device=device)
+
+    def _load(self, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        dataset = self.dataset_class(self.root, train=train, download=False)
+        images = dataset.data.to(device).unsqueeze(1).float().div_(255)  # (N, 1, 28, 28) in [0, 1], Keras' /255.0
+        return images, dataset.targets.to(device)
+
+    def _batches(self, images: torch.Tensor, labels: torch.Tensor, train: bool) -> "TensorBatches":
+        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+        return TensorBatches(
+            images,
+            labels,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            batches_per_step=self.batches_per_step if train else None,
+            shuffle=train,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+        )
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # setup() already put the tensors on the device and batches are views of them; Lightning's generic
+        # transfer would walk each list of 50 minibatches for nothing (~4 ms per step).
+        return batch
+
+    def train_dataloader(self) -> "TensorBatches":
+        return self._batches(self.train_images, self.train_labels, train=True)
+
+    def val_dataloader(self) -> "TensorBatches":
+        return self._batches(self.val_images, self.val_labels, train=False)
+
+    def test_dataloader(self) -> "TensorBatches":
+        return self._batches(self.test_images, self.test_labels, train=False)
+
+    def predict_dataloader(self) -> "TensorBatches":
+        return self.test_dataloader()
+
+
+class MNISTDataModule(FashionMNISTDataModule):
+    """MNIST digits for Deep Learning with Python ch. 2, with the same interface and split rules.
+
+    Debian ships no MNIST package: give the IDX files with `data.idx_dir=…`, or let torchvision download them.
+    """
+
+    dataset_class = torchvision.datasets.MNIST
+    system_dirs = ()
+    install_hint = "python train.py data=mnist (with internet access, torchvision downloads MNIST)"
+
+
+class TensorBatches:
+    """Minibatches sliced from tensors in memory, reshuffled every epoch.
+
+    `sampler` is torch's DistributedSampler: it draws each epoch's permutation from (seed, epoch) — Lightning
+    calls its `set_epoch`, so a resumed run sees the same order as an uninterrupted one — and gives each DDP
+    rank its own shard. With `batches_per_step` set, each item is a list of that many minibatches: the module
+    makes one optimizer update per minibatch, which spreads Lightning's per-step cost over several of them.
+    """
+
+    batch_sampler = None  # Lightning inspects `sampler` and `batch_sampler` as on a DataLoader
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        batches_per_step: int | None = None,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.images, self.labels = images, labels
+        self.batch_size = batch_size
+        self.batches_per_step = batches_per_step
+        self.sampler = DistributedSampler(
+            range(len(labels)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+        )
+
+    def __len__(self) -> int:
+        return math.ceil(self.sampler.num_samples / (self.batch_size * (self.batches_per_step or 1)))
+
+    def __iter__(self):
+        images, labels = self.images, self.labels
+        if self.sampler.shuffle or self.sampler.num_replicas > 1:
+            order = torch.as_tensor(list(self.sampler), device=images.device)
+            images, labels = images[order], labels[order]  # one gather per epoch, then only views
+        minibatches = list(zip(images.split(self.batch_size), labels.split(self.batch_size), strict=True))
+        if self.batches_per_step is None:
+            yield from minibatches
+        else:
+            for start in range(0, len(minibatches), self.batches_per_step):
+                yield minibatches[start : start + self.batches_per_step]

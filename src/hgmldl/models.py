@@ -1,0 +1,85 @@
+"""The book's Keras models, each one `nn.Sequential` in the book's layer order.
+
+The final Dense(10, activation='softmax') is a plain Linear: its softmax lives in the loss (cross-entropy on
+logits), which is what Keras' softmax + sparse_categorical_crossentropy computes.
+"""
+
+from collections.abc import Sequence
+
+from torch import nn
+
+ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
+NUM_PIXELS, NUM_CLASSES = 28 * 28, 10
+
+
+def activation_layer(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]()
+
+
+def softmax() -> nn.Sequential:
+    """7-1: Dense(10, activation='softmax', input_shape=(784,)) — 7,850 parameters."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(NUM_PIXELS, NUM_CLASSES))
+
+
+def mlp(
+    hidden_units: int | Sequence[int] = 100, activation: str | Sequence[str] = "relu", dropout: float = 0.0
+) -> nn.Sequential:
+    """7-2 / 7-3 / DLP ch. 2: Flatten → Dense(units, activation) per hidden layer → [Dropout] → Dense(10).
+
+    One width gives the book's one-hidden-layer model (Dense(100): 79,510 parameters; Dense(512): 407,050);
+    a list gives one layer per entry (7-2's three Dense(100) layers: 99,710). `activation` may be a list too,
+    one per hidden layer. Dropout comes after the last hidden layer, where 7-3's model_fn(Dropout(0.3)) puts it.
+    """
+    widths = [hidden_units] if isinstance(hidden_units, int) else list(hidden_units)
+    names = [activation] * len(widths) if isinstance(activation, str) else list(activation)
+    if not widths or min(widths) < 1:
+        raise ValueError(f"model.hidden_units must be at least 1, got {hidden_units}")
+    if len(names) != len(widths):
+        raise ValueError(f"model.activation lists {len(names)} activations for {len(widths)} hidden layers")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    for fan_in, width, name in zip([NUM_PIXELS, *widths], widths, names, strict=False):
+        layers += [nn.Linear(fan_in, width), activation_layer(name)]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(widths[-1], NUM_CLASSES))
+    return nn.Sequential(*layers)
+
+
+def cnn(hidden_units: int = 100, dropout: float = 0.4, activation: str = "relu") -> nn.Sequential:
+    """8-2: Conv2D(32, 3, same) → MaxPool(2) → Conv2D(64, 3, same) → MaxPool(2) → Dense(100) → Dropout(0.4) → Dense(10).
+
+    333,526 parameters. Keras fuses the activation into Conv2D/Dense; here it is its own layer after each.
+    """
+    if hidden_units < 1:
+        raise ValueError(f"model.hidden_units must be at least 1, got {hidden_units}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
+    return nn.Sequential(
+        nn.Conv2d(1, 32, kernel_size=3, padding="same"),
+        activation_layer(activation),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, kernel_size=3, padding="same"),
+        activation_layer(activation),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64 * 7 * 7, hidden_units),
+        activation_layer(activation),
+        nn.Dropout(dropout),
+        nn.Linear(hidden_units, NUM_CLASSES),
+    )
+
+
+def keras_init_(net: nn.Module) -> nn.Module:
+    """Keras' Dense/Conv2D defaults: glorot-uniform kernels, zero biases (torch draws both kaiming-uniform).
+
+    The book's numbers and its 8-3 picture of untrained filters (flat within ±0.142) depend on this.
+    """
+    for layer in net.modules():
+        if isinstance(layer, nn.Linear | nn.Conv2d):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+    return net

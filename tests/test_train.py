@@ -1,0 +1,113 @@
+"""End-to-end training on generated data: files written, best weights restored, checkpoints reload."""
+
+import csv
+import json
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from hgmldl.module import Classifier
+from hgmldl.train import run
+from tests.conftest import ROOT
+
+
+def read_history(path):
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+MODELS = ["softmax", "mlp", "deep_mlp", "dropout_mlp", "cnn", "dense512"]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_short_fit_of_every_model_writes_history_and_metrics(make_cfg, tmp_path, model):
+    cfg = make_cfg(f"model={model}", "trainer.limit_train_batches=2", "callbacks=default")
+    metrics = run(cfg)
+    rows = read_history(tmp_path / "run" / "history.csv")
+    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "time"}
+    assert all(0 <= float(row["val_accuracy"]) <= 1 and float(row["loss"]) > 0 for row in rows)
+    saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert saved == pytest.approx(metrics)
+    assert saved["epochs"] == 2
+    assert {"val_loss", "val_accuracy", "test_loss", "test_accuracy", "params", "wall_time"} <= set(saved)
+
+
+def test_training_learns_the_generated_task(make_cfg):
+    metrics = run(make_cfg("model=mlp", "trainer.max_epochs=3", "callbacks=default"))
+    assert metrics["val_accuracy"] > 0.9
+
+
+def test_restore_best_weights_leaves_the_best_checkpoints_weights(make_cfg, tmp_path):
+    # A learning rate this high makes val_loss bounce, so the best epoch is rarely the last one.
+    cfg = make_cfg("model=mlp", "optimizer=sgd", "optimizer.lr=2.0", "trainer.max_epochs=6")
+    metrics = run(cfg)
+    rows = read_history(tmp_path / "run" / "history.csv")
+    best_epoch = min(range(len(rows)), key=lambda i: float(rows[i]["val_loss"]))
+    assert metrics["best_epoch"] == best_epoch
+    assert metrics["val_loss"] == pytest.approx(float(rows[best_epoch]["val_loss"]), rel=1e-5)
+    # The weights run() evaluated are those of best.ckpt, rebuilt from the file alone.
+    best = Classifier.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)
+    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    [val] = trainer.validate(best, datamodule=instantiate(cfg.data), verbose=False)
+    assert val["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-6)
+    assert metrics["stopped_epoch"] in (0, best_epoch + 2)
+
+
+def test_checkpoint_reloads_to_identical_predictions(make_cfg, tmp_path, idx_dir):
+    cfg = make_cfg("model=cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "callbacks=default")
+    run(cfg)
+    path = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    first = Classifier.load_from_checkpoint(path, weights_only=True).eval()
+    second = Classifier.load_from_checkpoint(path, weights_only=True).eval()
+    images = torch.rand(8, 1, 28, 28)
+    assert sum(p.numel() for p in first.parameters()) == 333_526
+    torch.testing.assert_close(first(images), second(images), rtol=0, atol=0)
+
+
+def test_train_py_runs_end_to_end(tmp_path, idx_dir):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            f"hydra.run.dir={tmp_path}",
+            f"data.idx_dir={idx_dir}",
+            f"data.root={tmp_path / 'data'}",
+            "data.download=false",
+            "model=softmax",
+            "trainer.max_epochs=1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "val_accuracy" in result.stdout + result.stderr
+    assert (tmp_path / "metrics.json").exists() and (tmp_path / "checkpoints" / "best.ckpt").exists()
+    assert list(tmp_path.glob("events.out.tfevents.*"))
+
+
+def test_missing_data_is_one_line_error(tmp_path):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            f"hydra.run.dir={tmp_path}",
+            f"data.root={tmp_path / 'none'}",
+            "data.download=false",
+            "data=mnist",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: MNIST IDX files not found") and "data.idx_dir=" in last
+    assert "Traceback" not in result.stderr
