@@ -41,5 +41,11 @@ test: install data lint  ## install, get the data, lint, run the tests (the slow
 test-all: install data lint  ## every test, the slow ones included
 	$(VENV)/bin/pytest $(ARGS)
 
+bench: install data  ## speed: hgmldl's Trainer against a plain PyTorch loop, side by side (scripts/benchmark.py)
+	$(PY) scripts/benchmark.py $(ARGS)
+
+reproduce: install data  ## every book experiment with 3 seeds → experiments/RESULTS.md (scripts/reproduce.py)
+	$(PY) scripts/reproduce.py $(ARGS)
+
 clean:  ## remove run outputs (outputs/, multirun/), keeping data/ and .venv/
 	rm -rf outputs multirun .pytest_cache .ruff_cache
