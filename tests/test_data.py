@@ -1,0 +1,123 @@
+"""The book's split, the IDX file search order, and tensor batches."""
+
+import gzip
+
+import numpy as np
+import pytest
+import torch
+from sklearn.model_selection import train_test_split
+
+from hgmldl.data import FashionMNISTDataModule, MNISTDataModule, TensorBatches, book_split
+from hgmldl.errors import UserError
+from tests.conftest import make_idx_dataset
+
+
+@pytest.mark.parametrize("num_samples", [60_000, 500, 101])
+def test_split_is_sklearns_train_test_split(num_samples):
+    train, val = book_split(num_samples)
+    sk_train, sk_val = train_test_split(np.arange(num_samples), test_size=0.2, random_state=42)
+    np.testing.assert_array_equal(train, sk_train)
+    np.testing.assert_array_equal(val, sk_val)
+
+
+def test_book_split_sizes_on_60000():
+    train, val = book_split(60_000)
+    assert len(train) == 48_000 and len(val) == 12_000 and len(np.union1d(train, val)) == 60_000
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_dir_is_laid_out_for_torchvision(tmp_path, gz):
+    source = make_idx_dataset(tmp_path / "src", num_train=50, num_test=20, gz=gz)
+    data = FashionMNISTDataModule(root=str(tmp_path / "root"), idx_dir=str(source), download=False)
+    data.prepare_data()
+    data.setup("fit")
+    data.setup("test")
+    assert sorted(p.name for p in data.raw_dir.iterdir()) == [
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+    ]
+    assert (len(data.train_labels), len(data.val_labels), len(data.test_labels)) == (40, 10, 20)
+    assert data.train_images.shape == (40, 1, 28, 28) and data.train_images.dtype == torch.float32
+    assert data.train_images.min() >= 0 and data.train_images.max() <= 1
+    # The pixels are the file's bytes / 255, in the book's split order.
+    with (
+        gzip.open(source / "train-images-idx3-ubyte.gz") if gz else open(source / "train-images-idx3-ubyte", "rb") as f
+    ):
+        raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(50, 28, 28)
+    train, _ = book_split(50)
+    torch.testing.assert_close(data.train_images[:, 0], torch.from_numpy(raw[train] / 255.0).float())
+
+
+def test_root_layout_is_used_without_any_source(tmp_path):
+    source = make_idx_dataset(tmp_path / "src", num_train=30, num_test=10)
+    FashionMNISTDataModule(root=str(tmp_path / "root"), idx_dir=str(source), download=False).prepare_data()
+    data = FashionMNISTDataModule(root=str(tmp_path / "root"), download=False)
+    data.prepare_data()
+    data.setup("test")
+    assert len(data.test_labels) == 10
+
+
+def test_damaged_raw_file_is_rebuilt_from_the_source(tmp_path):
+    source = make_idx_dataset(tmp_path / "src", num_train=30, num_test=10)
+    data = FashionMNISTDataModule(root=str(tmp_path / "root"), idx_dir=str(source), download=False)
+    data.prepare_data()
+    images = data.raw_dir / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:1000])  # as an interrupted copy would leave it
+    data.prepare_data()
+    assert images.stat().st_size == 16 + 30 * 28 * 28
+
+
+def test_mnist_has_the_same_interface(tmp_path):
+    source = make_idx_dataset(tmp_path / "src", num_train=40, num_test=10)
+    data = MNISTDataModule(root=str(tmp_path / "root"), idx_dir=str(source), download=False)
+    data.prepare_data()
+    data.setup("fit")
+    assert (data.raw_dir.parent.name, len(data.train_labels), data.classes[0]) == ("MNIST", 32, "0 - zero")
+
+
+def test_missing_data_names_the_package_and_idx_dir(tmp_path):
+    with pytest.raises(UserError, match=r"apt-get install dataset-fashion-mnist.*data\.idx_dir="):
+        data = FashionMNISTDataModule(root=str(tmp_path), download=False)
+        data.system_dirs = ()
+        data.prepare_data()
+
+
+def test_wrong_magic_names_the_file(tmp_path):
+    source = make_idx_dataset(tmp_path / "src", num_train=30, num_test=10, gz=False)
+    (source / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x03" + bytes(100))
+    data = FashionMNISTDataModule(root=str(tmp_path / "root"), idx_dir=str(source), download=False)
+    with pytest.raises(UserError, match=r"train-labels-idx1-ubyte: magic number 2051 is not 2049.*copied from"):
+        data.prepare_data()
+
+
+def test_batches_cover_the_data_and_reshuffle_each_epoch():
+    images, labels = torch.arange(100.0).reshape(100, 1, 1, 1), torch.arange(100)
+    batches = TensorBatches(images, labels, batch_size=32, batches_per_step=2, shuffle=True, seed=7)
+    assert len(batches) == 2
+    steps = list(batches)
+    assert [len(step) for step in steps] == [2, 2] and [len(y) for _, y in steps[1]] == [32, 4]
+    first = torch.cat([y for step in steps for _, y in step])
+    assert sorted(first.tolist()) == list(range(100))
+    assert torch.equal(first, torch.cat([y for step in batches for _, y in step]))  # same epoch, same order
+    batches.sampler.set_epoch(1)
+    second = torch.cat([y for step in batches for _, y in step])
+    assert not torch.equal(first, second) and sorted(second.tolist()) == list(range(100))
+    for _, y in steps[0]:
+        torch.testing.assert_close(images[y].flatten(), y.float())  # images travel with their labels
+
+
+def test_ddp_ranks_get_disjoint_shards():
+    images, labels = torch.zeros(10, 1, 1, 1), torch.arange(10)
+    shards = [
+        torch.cat([y for _, y in TensorBatches(images, labels, 4, shuffle=True, rank=r, world_size=2)]) for r in (0, 1)
+    ]
+    assert len(shards[0]) == len(shards[1]) == 5
+    assert sorted(torch.cat(shards).tolist()) == list(range(10))
+
+
+def test_evaluation_batches_keep_the_order():
+    labels = torch.arange(10)
+    batches = TensorBatches(torch.zeros(10, 1, 1, 1), labels, batch_size=4)
+    assert [y.tolist() for _, y in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
