@@ -1,0 +1,28 @@
+"""Keras' model.predict + argmax: `python predict.py ckpt_path=<…>/best.ckpt index=0 split=val` or `image=<file.png>`.
+
+Options: conf/predict.yaml (`python predict.py --help`); the PNGs go to the Hydra run dir.
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from hgmldl.config import register_configs
+from hgmldl.errors import UserError
+from hgmldl.inspection import predict
+
+register_configs(Path(__file__).parent / "experiments")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    try:
+        predict(cfg)
+    except UserError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,30 @@
+"""혼공머신 7-1's first cells: `python scripts/show_data.py` draws the first ten training images with their labels
+(samples.png, cmap='gray_r') and logs how many training images each class has (6,000 each in Fashion-MNIST).
+
+Options: conf/show_data.yaml (`data=mnist`, `classes=ko`); the PNG goes to the Hydra run dir.
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from hgmldl.config import register_configs
+from hgmldl.errors import UserError
+from hgmldl.inspection import show_data
+
+ROOT = Path(__file__).resolve().parents[1]
+register_configs(ROOT / "experiments")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="show_data")
+def main(cfg: DictConfig) -> None:
+    try:
+        show_data(cfg)
+    except UserError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()

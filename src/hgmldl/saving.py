@@ -1,0 +1,106 @@
+"""Keras' save/load idioms, and the one checkpoint loader every command uses.
+
+- `save_weights` / `load_weights`: the weights only, as safetensors, with the model's config in the file's metadata
+  so that loading them into another architecture names both.
+- `model.save` is the Lightning checkpoint (best.ckpt / last.ckpt, or `trainer.save_checkpoint`): weights plus the
+  hyperparameters that rebuild the network; `load_checkpoint` is `keras.models.load_model`.
+
+Nothing here unpickles arbitrary objects: checkpoints are read with `torch.load(weights_only=True)`, which accepts
+only tensors and plain containers, and weights with safetensors, which holds tensors only. A file from an untrusted
+source can therefore fail to load, but cannot run code.
+"""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from hgmldl.errors import UserError
+from hgmldl.module import Classifier
+
+
+def describe(model: dict[str, Any]) -> str:
+    """`cnn(hidden_units=100, dropout=0.4, activation=relu)`: the model config as a user would type it."""
+    arguments = ", ".join(f"{key}={value}" for key, value in model.items() if key != "_target_")
+    return f"{model.get('_target_', '?').rsplit('.', 1)[-1]}({arguments})"
+
+
+def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    return {name: tuple(tensor.shape) for name, tensor in state.items()}
+
+
+def check_readable(path: str | Path, what: str) -> Path:
+    """`path` as a Path, or a one-line error if there is no non-empty file to read there."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{what} {path} is empty")
+    return path
+
+
+def load_checkpoint(path: str | Path | None, map_location: str | torch.device = "cpu") -> Classifier:
+    """Keras' `load_model`: the Classifier with the architecture and weights saved in a Lightning checkpoint.
+
+    `Classifier.load_from_checkpoint(path, weights_only=True)` does the same with tracebacks for errors; here each
+    way a file can be wrong ends in one line that says what the file is.
+    """
+    if path is None:
+        raise UserError("no checkpoint given: add ckpt_path=<run dir>/checkpoints/best.ckpt")
+    path = check_readable(path, "checkpoint")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # EOFError, KeyError, UnpicklingError, RuntimeError…, depending on the bytes
+        if "Weights only load failed" in str(error):
+            raise UserError(
+                f"{path} holds Python objects besides tensors; they are not unpickled, for safety"
+            ) from error
+        raise UserError(f"{path} is not a checkpoint (not a file torch.save wrote)") from error
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        raise UserError(f"{path} is a torch file but not a Lightning checkpoint (it has no state_dict)")
+    hparams = checkpoint.get("hyper_parameters") or {}
+    if not {"model", "optimizer"} <= set(hparams) or not isinstance(hparams["model"], dict):
+        raise UserError(
+            f"{path} has no model hyperparameters: it was saved by another program or an incompatible version "
+            "of hgmldl; train again, or load its state_dict into a model built from the same config"
+        )
+    try:
+        module = Classifier(**hparams)
+    except Exception as error:  # an unknown _target_ or argument: a model this version does not have
+        raise UserError(f"{path} describes a model this version cannot build ({describe(hparams['model'])})") from error
+    _load_state(module, checkpoint["state_dict"], f"{path} (weights of another model than its hyperparameters)")
+    return module.eval()
+
+
+def save_weights(module: Classifier, path: str | Path) -> Path:
+    """Keras' `save_weights`: every weight (no optimizer state, no hyperparameters) as safetensors."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: tensor.detach().contiguous() for name, tensor in module.state_dict().items()}
+    save_file(state, path, metadata={"model": json.dumps(dict(module.hparams.model))})
+    return path
+
+
+def load_weights(module: Classifier, path: str | Path) -> Classifier:
+    """Keras' `load_weights`: the weights `save_weights` wrote, into a model built from the same config."""
+    path = check_readable(path, "weights file")
+    try:
+        with safe_open(path, framework="pt", device=str(module.device)) as file:
+            state = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (not a dict)
+            metadata = file.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"{path} is not a safetensors weights file ({error})") from error
+    saved = metadata.get("model")
+    source = describe(json.loads(saved)) if saved else "weights of unknown origin"
+    _load_state(module, state, f"{path} holds {source}")
+    return module
+
+
+def _load_state(module: Classifier, state: dict[str, torch.Tensor], source: str) -> None:
+    """load_state_dict(strict) with a one-line error naming both architectures instead of a list of keys."""
+    if _shapes(state) != _shapes(module.state_dict()):
+        raise UserError(f"{source}; it does not fit the model {describe(dict(module.hparams.model))}")
+    module.load_state_dict(state)

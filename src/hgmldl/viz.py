@@ -1,0 +1,238 @@
+"""The book's pictures: sample images, History curves, probabilities, confusion matrix, conv filters, feature maps.
+
+Every function returns a matplotlib `Figure` built without pyplot (Agg renders it; no global figure state, nothing to
+close), so the same picture goes to a PNG (`save_figure`) or to TensorBoard (`SummaryWriter.add_figure`).
+Figure sizes are in inches at `DPI`, so a PNG's pixel size is `figsize * DPI`.
+"""
+
+import csv
+import functools
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import matplotlib
+import numpy as np
+import torch
+from matplotlib import font_manager
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from torch import nn
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from hgmldl.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DPI = 100
+# 혼공머신 8-2: classes = ['티셔츠', '바지', '스웨터', '드레스', '코트', '샌달', '셔츠', '스니커즈', '가방', '앵클 부츠']
+CLASS_NAMES = {
+    "FashionMNIST": {
+        "en": [
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ],
+        "ko": ["티셔츠", "바지", "스웨터", "드레스", "코트", "샌달", "셔츠", "스니커즈", "가방", "앵클 부츠"],
+    },
+    "MNIST": {"en": [str(digit) for digit in range(10)], "ko": [str(digit) for digit in range(10)]},
+}
+KOREAN_FONT = "NanumGothic"  # Debian's fonts-nanum, installed by `make data`
+
+
+@functools.cache
+def korean_font() -> str | None:
+    """The Korean font's family name, or None. A font installed after matplotlib built its font cache is not in
+    the cache yet, so the system's font files are searched too."""
+    if not any(font.name == KOREAN_FONT for font in font_manager.fontManager.ttflist):
+        for path in font_manager.findSystemFonts():
+            if Path(path).name == f"{KOREAN_FONT}.ttf":
+                font_manager.fontManager.addfont(path)
+    return KOREAN_FONT if any(font.name == KOREAN_FONT for font in font_manager.fontManager.ttflist) else None
+
+
+def class_names(dataset: str, language: str = "en") -> list[str]:
+    """The ten class names of `dataset` ('FashionMNIST' or 'MNIST') in English or the book's Korean.
+
+    Korean needs a Korean font: with one, every later figure uses it (DejaVu Sans fills in what it lacks);
+    without one, a warning says how to get it and the English names are used, so no plot shows empty boxes.
+    """
+    if language not in ("en", "ko"):
+        raise UserError(f"classes={language} is not a language here; choose classes=en or classes=ko")
+    if language == "ko" and dataset == "FashionMNIST":
+        font = korean_font()
+        if font is None:
+            log.warning("no Korean font found (apt-get install fonts-nanum, or `make data`): using English class names")
+            language = "en"
+        else:
+            matplotlib.rcParams["font.family"] = [font, "DejaVu Sans"]
+    return CLASS_NAMES[dataset][language]
+
+
+def save_figure(figure: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI)
+    return path
+
+
+def read_history(path: str | Path) -> list[dict[str, float]]:
+    """The rows of a history.csv (hgmldl.callbacks.History) as numbers."""
+    with open(path, newline="") as file:
+        return [{name: float(value) for name, value in row.items() if value} for row in csv.DictReader(file)]
+
+
+def plot_history(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:
+    """7-3's plots: loss and accuracy per epoch, train solid and val dashed, one colour per run."""
+    figure = Figure(figsize=(12, 4.5), layout="constrained")
+    for axes, metric in zip(figure.subplots(1, 2), ("loss", "accuracy"), strict=True):
+        for number, (name, rows) in enumerate(runs.items()):
+            color = f"C{number % 10}"  # the colour cycle's ten colours
+            label = f"{name} " if name else ""
+            epochs = [int(row["epoch"]) for row in rows]
+            axes.plot(epochs, [row.get(metric) for row in rows], color=color, label=f"{label}train")
+            if any(f"val_{metric}" in row for row in rows):
+                axes.plot(epochs, [row.get(f"val_{metric}") for row in rows], "--", color=color, label=f"{label}val")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_xlabel("epoch")
+        axes.set_ylabel(metric)
+        axes.legend(fontsize="small")
+    return figure
+
+
+def plot_samples(images: torch.Tensor, labels: Sequence[int], names: Sequence[str]) -> Figure:
+    """7-1's first cell: the images side by side (cmap='gray_r'), each titled with its label and class name."""
+    figure = Figure(figsize=(len(images), 1.6), layout="constrained")
+    for axes, image, label in zip(np.atleast_1d(figure.subplots(1, len(images))), images, labels, strict=True):
+        axes.imshow(image.squeeze().cpu(), cmap="gray_r")
+        axes.set_title(f"{label}\n{names[label]}", fontsize=8)
+        axes.axis("off")
+    return figure
+
+
+def plot_prediction(image: torch.Tensor, probabilities: torch.Tensor, names: Sequence[str]) -> Figure:
+    """8-2's picture: the image (cmap='gray_r') beside the bar chart of the ten probabilities."""
+    figure = Figure(figsize=(10, 4), layout="constrained")
+    image_axes, bar_axes = figure.subplots(1, 2, width_ratios=[1, 2])
+    predicted = int(probabilities.argmax())
+    image_axes.imshow(image.squeeze().cpu(), cmap="gray_r")
+    image_axes.set_title(f"{names[predicted]} ({probabilities[predicted]:.1%})")
+    image_axes.axis("off")
+    bar_axes.bar(range(len(probabilities)), probabilities.cpu())
+    bar_axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    bar_axes.set_ylim(0, 1)
+    bar_axes.set_xlabel("class")
+    bar_axes.set_ylabel("prob.")
+    return figure
+
+
+def plot_confusion_matrix(matrix: torch.Tensor, names: Sequence[str], title: str = "") -> Figure:
+    """Counts of (true, predicted) classes, the diagonal being the correct ones; each cell shows its count."""
+    figure = Figure(figsize=(8, 7), layout="constrained")
+    axes = figure.subplots()
+    counts = matrix.cpu().numpy()
+    image = axes.imshow(counts, cmap="Blues")
+    figure.colorbar(image, ax=axes)
+    for (row, column), count in np.ndenumerate(counts):
+        color = "white" if count > counts.max() / 2 else "black"
+        axes.text(column, row, str(count), ha="center", va="center", color=color, fontsize=7)
+    axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    axes.set_yticks(range(len(names)), names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    return figure
+
+
+def plot_filters(weight: torch.Tensor, title: str = "") -> Figure:
+    """8-3's filter picture: the first input channel of each kernel in a 2×16 grid, vmin=-0.5, vmax=0.5."""
+    columns = 16
+    rows = -(-len(weight) // columns)
+    figure = Figure(figsize=(15, rows), layout="constrained")
+    for index, axes in enumerate(np.atleast_2d(figure.subplots(rows, columns)).flat):
+        if index < len(weight):
+            axes.imshow(weight[index, 0].detach().cpu(), vmin=-0.5, vmax=0.5)
+        axes.axis("off")
+    figure.suptitle(title)
+    return figure
+
+
+def plot_weight_histogram(weight: torch.Tensor, title: str = "") -> Figure:
+    """8-3's `plt.hist(conv_weights.reshape(-1, 1))`: ten bins, xlabel 'weight', ylabel 'count'."""
+    figure = Figure(figsize=(6, 4), layout="constrained")
+    axes = figure.subplots()
+    axes.hist(weight.detach().cpu().reshape(-1).numpy())
+    axes.set_xlabel("weight")
+    axes.set_ylabel("count")
+    axes.set_title(title)
+    return figure
+
+
+def plot_feature_maps(maps: torch.Tensor, columns: int = 8, title: str = "") -> Figure:
+    """8-3's feature maps: one (C, H, W) activation, channel `row * columns + column` in each cell, viridis,
+    each map scaled on its own (no vmin/vmax), in 1.5-inch cells: 32 maps 12×6.5 inches, 64 maps 12×12.5."""
+    rows = -(-len(maps) // columns)
+    figure = Figure(figsize=(1.5 * columns, 1.5 * rows + 0.5), layout="constrained")
+    for index, axes in enumerate(np.atleast_2d(figure.subplots(rows, columns)).flat):
+        if index < len(maps):
+            axes.imshow(maps[index].detach().cpu())
+        axes.axis("off")
+    figure.suptitle(title)
+    return figure
+
+
+def first_conv(net: nn.Module) -> nn.Conv2d | None:
+    return next((layer for layer in net.modules() if isinstance(layer, nn.Conv2d)), None)
+
+
+class TensorBoardImages(L.Callback):
+    """The book's pictures in TensorBoard beside the scalars (`logger=tensorboard_full`): the first training
+    images once, conv1's filters and every parameter's histogram after each epoch, and the test set's confusion
+    matrix after `trainer.test`. Each epoch's histograms cost a few hundred ms, hence a preset of its own."""
+
+    def __init__(self, num_samples: int = 10) -> None:
+        self.num_samples = num_samples
+        self.writer: Any = None
+        self.confusion = MulticlassConfusionMatrix(10)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Kept here: the run may detach its loggers before the final validate/test (hgmldl.train.run does).
+        self.writer = trainer.logger.experiment if trainer.is_global_zero and trainer.logger else None
+        if self.writer is None:
+            return
+        datamodule = trainer.datamodule
+        images, labels = datamodule.train_images[: self.num_samples], datamodule.train_labels[: self.num_samples]
+        names = class_names(datamodule.dataset_class.__name__)
+        self.writer.add_figure("samples", plot_samples(images, labels.tolist(), names), 0)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.writer is None:
+            return
+        epoch = trainer.current_epoch
+        conv = first_conv(pl_module)
+        if conv is not None:
+            self.writer.add_figure("conv1_filters", plot_filters(conv.weight), epoch)
+        for name, parameter in pl_module.named_parameters():
+            self.writer.add_histogram(name, parameter, epoch)
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *args: Any
+    ) -> None:
+        images, labels = batch
+        self.confusion.to(labels.device).update(pl_module(images).argmax(dim=1), labels)
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.writer is not None:
+            names = class_names(trainer.datamodule.dataset_class.__name__)
+            self.writer.add_figure("confusion_matrix", plot_confusion_matrix(self.confusion.compute(), names, "test"))
+            self.writer.flush()
+        self.confusion.reset()

@@ -1,0 +1,28 @@
+"""혼공머신 8-3's pictures of a CNN checkpoint: `python visualize.py ckpt_path=<run dir of model=cnn>/checkpoints/best.ckpt`.
+
+Options: conf/visualize.yaml (`python visualize.py --help`); the PNGs go to the Hydra run dir.
+"""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from hgmldl.config import register_configs
+from hgmldl.errors import UserError
+from hgmldl.inspection import visualize
+
+register_configs(Path(__file__).parent / "experiments")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="visualize")
+def main(cfg: DictConfig) -> None:
+    try:
+        visualize(cfg)
+    except UserError as error:
+        sys.exit(f"error: {error}")
+
+
+if __name__ == "__main__":
+    main()
