@@ -12,6 +12,7 @@ import torch
 from lightning.pytorch.callbacks import early_stopping
 
 from hgmldl.io import write_text_atomic
+from hgmldl.viz import plot_history, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class EarlyStopping(early_stopping.EarlyStopping):
 
 class History(L.Callback):
     """Keras' History: one row per epoch of loss, accuracy, val_loss, val_accuracy, written to `history.csv`
-    after every epoch (atomically), and one Keras `verbose=2` line per epoch in the log."""
+    after every epoch (atomically), and one Keras `verbose=2` line per epoch in the log; `curves.png` at the end."""
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
@@ -91,6 +92,11 @@ class History(L.Callback):
             write_text_atomic(self.path, text.getvalue())
         scores = " - ".join(f"{name}: {row[name]:.4f}" for name in HISTORY_COLUMNS[1:-1] if name in row)
         log.info("Epoch %d/%d - %.1fs - %s", row["epoch"] + 1, trainer.max_epochs, row["time"], scores)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # The book's 7-3 plots of this run, beside history.csv.
+        if trainer.is_global_zero and self.rows:
+            save_figure(plot_history({"": self.rows}), self.path.with_name("curves.png"))
 
     def state_dict(self) -> dict[str, Any]:
         return {"rows": self.rows}

@@ -54,7 +54,7 @@ def load_checkpoint(path: str | Path | None, map_location: str | torch.device = 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # EOFError, KeyError, UnpicklingError, RuntimeError…, depending on the bytes
-        if "Weights only load failed" in str(error):
+        if "Unsupported global" in str(error):  # a pickle of Python objects: safe loading refuses to build them
             raise UserError(
                 f"{path} holds Python objects besides tensors; they are not unpickled, for safety"
             ) from error

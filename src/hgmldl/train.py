@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from hgmldl.callbacks import EarlyStopping
@@ -58,6 +59,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         write_text_atomic(f"{cfg.output_dir}/metrics.json", json.dumps(metrics, indent=2) + "\n")
+        log_hyperparameters(trainer.loggers, cfg, metrics)
     log.info(
         "val_accuracy %.4f  test_accuracy %.4f  (val_loss %.4f, test_loss %.4f, %d epochs, %s)",
         metrics["val_accuracy"],
@@ -68,6 +70,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         cfg.output_dir,
     )
     return metrics
+
+
+def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, Any]) -> None:
+    """TensorBoard's HParams tab: the run's choices beside its final numbers, so a sweep's runs compare in one
+    table. The numbers are named final_* to stay apart from the per-epoch curves."""
+    params = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "optimizer", "data")}
+    params |= {"seed": cfg.seed, "init": cfg.init.name, "max_epochs": cfg.trainer.max_epochs}
+    final = {f"final_{name}": metrics[name] for name in ("val_loss", "val_accuracy", "test_loss", "test_accuracy")}
+    for logger in loggers:
+        if isinstance(logger, TensorBoardLogger):
+            logger.log_hyperparams(params, final)
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:

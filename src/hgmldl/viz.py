@@ -113,7 +113,7 @@ def plot_samples(images: torch.Tensor, labels: Sequence[int], names: Sequence[st
     """7-1's first cell: the images side by side (cmap='gray_r'), each titled with its label and class name."""
     figure = Figure(figsize=(len(images), 1.6), layout="constrained")
     for axes, image, label in zip(np.atleast_1d(figure.subplots(1, len(images))), images, labels, strict=True):
-        axes.imshow(image.squeeze().cpu(), cmap="gray_r")
+        axes.imshow(image.squeeze().cpu().numpy(), cmap="gray_r")
         axes.set_title(f"{label}\n{names[label]}", fontsize=8)
         axes.axis("off")
     return figure
@@ -124,10 +124,10 @@ def plot_prediction(image: torch.Tensor, probabilities: torch.Tensor, names: Seq
     figure = Figure(figsize=(10, 4), layout="constrained")
     image_axes, bar_axes = figure.subplots(1, 2, width_ratios=[1, 2])
     predicted = int(probabilities.argmax())
-    image_axes.imshow(image.squeeze().cpu(), cmap="gray_r")
+    image_axes.imshow(image.squeeze().cpu().numpy(), cmap="gray_r")
     image_axes.set_title(f"{names[predicted]} ({probabilities[predicted]:.1%})")
     image_axes.axis("off")
-    bar_axes.bar(range(len(probabilities)), probabilities.cpu())
+    bar_axes.bar(range(len(probabilities)), probabilities.cpu().numpy())
     bar_axes.set_xticks(range(len(names)), names, rotation=45, ha="right")
     bar_axes.set_ylim(0, 1)
     bar_axes.set_xlabel("class")
@@ -160,7 +160,7 @@ def plot_filters(weight: torch.Tensor, title: str = "") -> Figure:
     figure = Figure(figsize=(15, rows), layout="constrained")
     for index, axes in enumerate(np.atleast_2d(figure.subplots(rows, columns)).flat):
         if index < len(weight):
-            axes.imshow(weight[index, 0].detach().cpu(), vmin=-0.5, vmax=0.5)
+            axes.imshow(weight[index, 0].detach().cpu().numpy(), vmin=-0.5, vmax=0.5)
         axes.axis("off")
     figure.suptitle(title)
     return figure
@@ -184,7 +184,7 @@ def plot_feature_maps(maps: torch.Tensor, columns: int = 8, title: str = "") -> 
     figure = Figure(figsize=(1.5 * columns, 1.5 * rows + 0.5), layout="constrained")
     for index, axes in enumerate(np.atleast_2d(figure.subplots(rows, columns)).flat):
         if index < len(maps):
-            axes.imshow(maps[index].detach().cpu())
+            axes.imshow(maps[index].detach().cpu().numpy())
         axes.axis("off")
     figure.suptitle(title)
     return figure
