@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import logging
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,12 @@ def _dataset_classes(cfg: DictConfig) -> tuple[FashionMNISTDataModule, list[str]
     return datamodule, class_names(datamodule.dataset_class.__name__, cfg.classes)
 
 
+def padded(name: str, width: int = 12) -> str:
+    """`name` padded to `width` terminal columns: Hangul takes two columns each, so str.ljust misaligns tables."""
+    columns = sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in name)
+    return name + " " * max(width - columns, 0)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Keras' `model.evaluate` on val and test, plus each split's confusion matrix and per-class accuracy.
 
@@ -108,9 +115,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     log.info("%s: %s", cfg.ckpt_path, describe(dict(module.hparams.model)))
     for split in ("val", "test"):
         log.info("%s_loss %.4f  %s_accuracy %.4f", split, results[f"{split}_loss"], split, results[f"{split}_accuracy"])
-    log.info("%-12s %12s %13s", "class", "val_accuracy", "test_accuracy")
+    log.info("%s %12s %13s", padded("class"), "val_accuracy", "test_accuracy")
     for name, val, test in zip(names, *per_class.values(), strict=True):
-        log.info("%-12s %12.4f %13.4f", name, val, test)
+        log.info("%s %12.4f %13.4f", padded(name), val, test)
     log.info("confusion matrices, per_class_accuracy.csv, evaluation.json: %s", output_dir)
     return results
 
@@ -152,7 +159,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     known = "" if label is None else f" (label: {names[label]})"
     log.info("%s: %s%s", source, names[predicted], known)
     for name, probability in zip(names, probabilities.tolist(), strict=True):
-        log.info("  %-12s %.4f", name, probability)
+        log.info("  %s %.4f", padded(name), probability)
     log.info("picture: %s", path)
     return {"class": names[predicted], "index": predicted, "label": label, "probabilities": probabilities.tolist()}
 
@@ -199,6 +206,6 @@ def show_data(cfg: DictConfig) -> list[int]:
     counts = torch.bincount(labels, minlength=NUM_CLASSES).tolist()
     log.info("train_input %s, first labels %s", tuple(images.shape), first)
     for name, count in zip(names, counts, strict=True):
-        log.info("  %-12s %d", name, count)
+        log.info("  %s %d", padded(name), count)
     log.info("picture: %s", path)
     return counts

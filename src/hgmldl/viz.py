@@ -231,8 +231,9 @@ class TensorBoardImages(L.Callback):
         self.confusion.to(labels.device).update(pl_module(images).argmax(dim=1), labels)
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        matrix = self.confusion.compute()  # on every process: under DDP it gathers all processes' shares
+        self.confusion.reset()
         if self.writer is not None:
             names = class_names(trainer.datamodule.dataset_class.__name__)
-            self.writer.add_figure("confusion_matrix", plot_confusion_matrix(self.confusion.compute(), names, "test"))
+            self.writer.add_figure("confusion_matrix", plot_confusion_matrix(matrix, names, "test"))
             self.writer.flush()
-        self.confusion.reset()
