@@ -54,6 +54,7 @@ def split_images(datamodule: FashionMNISTDataModule, split: str) -> tuple[torch.
     if split == "val":
         datamodule.setup("validate")
         return datamodule.val_images, datamodule.val_labels
+    # The data module's own reader, so the images are scaled exactly as in training (setup() would split them).
     return datamodule._load(train=split == "train", device=torch.device("cpu"))
 
 
