@@ -65,8 +65,6 @@ def test_keras_init_is_glorot_uniform_with_zero_bias():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"hidden_units": 0}, "model.hidden_units must be at least 1"),
-        ({"dropout": 1.0}, "model.dropout must be in [0, 1)"),
         ({"activation": "gelu"}, "unknown activation 'gelu'; choose one of relu, sigmoid, tanh"),
         ({"hidden_units": [100, 100], "activation": ["relu"]}, "lists 1 activations for 2 hidden layers"),
     ],

@@ -1,4 +1,4 @@
-"""The two Keras callbacks Lightning lacks: EarlyStopping's restore_best_weights, and the History record."""
+"""The Keras callbacks Lightning lacks: EarlyStopping's restore_best_weights, History, and TerminateOnNaN."""
 
 import csv
 import io
@@ -11,6 +11,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import early_stopping
 
+from hgmldl.errors import UserError
 from hgmldl.io import write_text_atomic
 from hgmldl.viz import plot_history, save_figure
 
@@ -103,3 +104,25 @@ class History(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.rows = state_dict["rows"]
+
+
+class TerminateOnNaN(L.Callback):
+    """Keras' TerminateOnNaN, ending the run with an error at the first NaN or infinite training loss.
+
+    It stops within the Lightning step where the loss diverged, before a checkpoint or history.csv can record
+    the broken weights, so both keep the epochs before it. (Without it the epoch's mean loss would even look
+    finite: torchmetrics' MeanMetric drops NaN values with a warning.) Costs one device sync per step.
+    """
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        losses = outputs["loss"]
+        if not torch.isfinite(losses).all():
+            bad = losses[~torch.isfinite(losses)][0].item()
+            lr = trainer.optimizers[0].param_groups[0]["lr"]
+            raise UserError(
+                f"the training loss became {bad} in epoch {trainer.current_epoch + 1}: the learning rate is "
+                f"probably too high, lower optimizer.lr (now {lr:g}); history.csv and the checkpoints keep the "
+                "epochs before"
+            )

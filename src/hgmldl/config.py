@@ -1,12 +1,20 @@
-"""Hydra wiring: typed schemas for the keys users type most, and the `experiment` group from experiments/."""
+"""Hydra wiring: typed schemas for the keys users type most, the `experiment` group from experiments/, and the
+checks that reject a bad value before any data is loaded."""
 
+import math
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from hydra.experimental.callback import Callback
+from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
+
+from hgmldl.errors import UserError
+from hgmldl.io import check_output_dir
 
 
 class Init(Enum):
@@ -56,3 +64,56 @@ def register_configs(experiments_dir: Path) -> None:
     store.store(group="data", name="schema", node=DataSchema)
     for path in sorted(experiments_dir.glob("*.yaml")):
         store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _widths(value: Any) -> bool:
+    widths = list(value) if isinstance(value, ListConfig | list) else [value]
+    return bool(widths) and all(_integer(width) and width >= 1 for width in widths)
+
+
+# (key, test, what is allowed): the values a schema's types cannot bound. Keys a config does not have (a softmax
+# model has no dropout, callbacks=default no early stopping) are skipped.
+ALLOWED_VALUES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("optimizer.lr", lambda v: _number(v) and v > 0, "a number > 0"),
+    ("model.dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    ("model.hidden_units", _widths, "an integer >= 1, or a list of them (one per hidden layer)"),
+    ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("callbacks.early_stopping.patience", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+]
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raises UserError naming the key and its allowed values, before anything is built or loaded."""
+    absent = object()
+    for key, allowed, description in ALLOWED_VALUES:
+        value = OmegaConf.select(cfg, key, default=absent)
+        if value is not absent and not allowed(value):
+            raise UserError(f"{key} must be {description}, got {value!r}")
+    check_output_dir(cfg.output_dir)
+
+
+class CheckOutputDir(Callback):
+    """Hydra creates the run folder before train.py's code runs, and fails with a traceback when it cannot; this
+    checks the folder (and the free disk space) first, and ends with one line."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(path: str) -> None:
+        try:
+            check_output_dir(path)
+        except UserError as error:
+            sys.exit(f"error: {error}")

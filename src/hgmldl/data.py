@@ -7,8 +7,7 @@ path does no per-sample Python or PIL work (torchvision's usual `ToTensor` pipel
 import gzip
 import logging
 import math
-import os
-import shutil
+import socket
 import struct
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import torchvision
 from torch.utils.data import DistributedSampler
 
 from hgmldl.errors import UserError
+from hgmldl.io import open_atomic
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,7 @@ IMAGES_MAGIC, LABELS_MAGIC = (
     2049,
 )  # IDX headers: 0x00000803 = ubyte × 3 dims, 0x00000801 = ubyte × 1 dim
 IMAGE_SIZE = 28
+DOWNLOAD_TIMEOUT = 30  # seconds without an answer before a download gives up
 NUM_CLASSES = 10
 
 # The book's split: train_test_split(train_scaled, train_target, test_size=0.2, random_state=42).
@@ -148,26 +149,31 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
     @staticmethod
     def _decompress(source: Path, target: Path) -> None:
-        """Copies `source` (raw or .gz) to `target` through a temporary name, so a half-written copy is never used."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
+        """Copies `source` (raw or .gz, at most 47 MB) to `target` atomically, so a half-written copy is never used."""
         opener = gzip.open if source.suffix == ".gz" else open
         try:
-            with opener(source, "rb") as src, open(partial, "wb") as dst:
-                shutil.copyfileobj(src, dst, length=1 << 20)
+            with opener(source, "rb") as file:
+                data = file.read()
         except (OSError, EOFError) as error:
-            partial.unlink(missing_ok=True)
             raise UserError(f"cannot read {source}: {error}; the file is corrupt or truncated") from error
-        os.replace(partial, target)
+        with open_atomic(target, "wb") as file:
+            file.write(data)
 
     def _download(self) -> None:
         if not self.download:
             raise UserError(self._missing_message())
+        # torchvision's urlopen has no timeout: behind a firewall that drops packets it would wait for minutes.
+        timeout = socket.getdefaulttimeout()
+        socket.setdefaulttimeout(DOWNLOAD_TIMEOUT)
         try:
             for train in (True, False):
                 self.dataset_class(self.root, train=train, download=True)
         except Exception as error:  # torchvision raises RuntimeError/URLError/OSError depending on what failed
-            raise UserError(f"{self._missing_message()} (the download failed: {error})") from error
+            # torchvision's message lists every mirror it tried; its last line says why the last one failed.
+            reason = str(error).strip().rsplit("\n", 1)[-1]
+            raise UserError(f"{self._missing_message()} (the download failed: {reason})") from error
+        finally:
+            socket.setdefaulttimeout(timeout)
         self._check()
 
     def _missing_message(self) -> str:

@@ -34,12 +34,8 @@ def mlp(
     """
     widths = [hidden_units] if isinstance(hidden_units, int) else list(hidden_units)
     names = [activation] * len(widths) if isinstance(activation, str) else list(activation)
-    if not widths or min(widths) < 1:
-        raise ValueError(f"model.hidden_units must be at least 1, got {hidden_units}")
     if len(names) != len(widths):
         raise ValueError(f"model.activation lists {len(names)} activations for {len(widths)} hidden layers")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
     layers: list[nn.Module] = [nn.Flatten()]
     for fan_in, width, name in zip([NUM_PIXELS, *widths], widths, names, strict=False):
         layers += [nn.Linear(fan_in, width), activation_layer(name)]
@@ -54,10 +50,6 @@ def cnn(hidden_units: int = 100, dropout: float = 0.4, activation: str = "relu")
 
     333,526 parameters. Keras fuses the activation into Conv2D/Dense; here it is its own layer after each.
     """
-    if hidden_units < 1:
-        raise ValueError(f"model.hidden_units must be at least 1, got {hidden_units}")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
     return nn.Sequential(
         nn.Conv2d(1, 32, kernel_size=3, padding="same"),
         activation_layer(activation),

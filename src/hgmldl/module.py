@@ -66,7 +66,8 @@ class Classifier(L.LightningModule):
             and not any(is_overridden(hook, cb, L.Callback) for cb in self.trainer.callbacks for hook in hooks)
         )
 
-    def training_step(self, minibatches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def training_step(self, minibatches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Returns the minibatches' losses: callbacks see them as `outputs["loss"]` (TerminateOnNaN checks them)."""
         optimizer = self.optimizers()
         losses, predictions = [], []
         for images, labels in minibatches:
@@ -82,7 +83,9 @@ class Classifier(L.LightningModule):
             predictions.append(logits.detach().argmax(dim=1))
         sizes = torch.tensor([len(labels) for _, labels in minibatches], device=self.device)
         labels = torch.cat([labels for _, labels in minibatches])
-        self._record("train", torch.stack(losses), sizes, torch.cat(predictions), labels)
+        losses = torch.stack(losses)
+        self._record("train", losses, sizes, torch.cat(predictions), labels)
+        return losses
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         self._evaluate("val", batch)

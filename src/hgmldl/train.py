@@ -15,14 +15,18 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from hgmldl.callbacks import EarlyStopping
+from hgmldl.config import check_config
+from hgmldl.errors import UserError
 from hgmldl.io import write_text_atomic
 from hgmldl.module import Classifier
+from hgmldl.saving import describe, load_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Trains the configured model and returns the numbers also written to `metrics.json`."""
+    check_config(cfg)
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # RMSprop's and Adagrad's running averages decay into float32 denormals, which are ~100x slower on a CPU;
@@ -38,9 +42,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         init=cfg.init.name,
     )
+    if cfg.ckpt_path not in (None, "last"):  # "last": Lightning's keyword for the run folder's own last.ckpt
+        check_resumable(module, cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
 
     # Like Keras after fit: the module holds the best epoch's weights if EarlyStopping restored them.
     val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
@@ -81,6 +87,17 @@ def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: dict[st
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, final)
+
+
+def check_resumable(module: Classifier, ckpt_path: str) -> None:
+    """One line, before any data is loaded, where Lightning would fail after loading it with a traceback: a missing
+    or foreign file, or the checkpoint of another architecture than the configured one."""
+    saved = load_checkpoint(ckpt_path)
+    if {k: v.shape for k, v in saved.state_dict().items()} != {k: v.shape for k, v in module.state_dict().items()}:
+        raise UserError(
+            f"{ckpt_path} holds {describe(dict(saved.hparams.model))} but this run builds "
+            f"{describe(dict(module.hparams.model))}: resume with the model options of the run that saved it"
+        )
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
