@@ -26,7 +26,7 @@ def truncate(path, size):
 
 
 def truncate_gz_content(path, size):
-    """A valid gzip stream of a cut IDX file: what an interrupted download that was compressed again holds."""
+    """A well-formed .gz whose IDX content is cut short: the header promises more images than follow."""
     path.write_bytes(gzip.compress(gzip.decompress(path.read_bytes())[:size]))
 
 

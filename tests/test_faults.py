@@ -6,6 +6,7 @@ Each subprocess pays ~5 s of imports, so the error cases start together and are 
 
 import csv
 import json
+import math
 import os
 import random
 import signal
@@ -194,19 +195,22 @@ def test_runs_killed_at_random_moments_leave_loadable_files_and_resume(tmp_path,
         "data.download=false",
     ]
     processes = [start("train.py", f"hydra.run.dir={run_dir}", *overrides) for run_dir in run_dirs]
+    kill_at = [math.inf] * len(processes)  # each run dies at a random moment within 1 s of its first checkpoint
+    deadline = time.monotonic() + 300
     try:
-        for process, run_dir in zip(processes, run_dirs, strict=True):
-            deadline = time.monotonic() + 300
-            while not (run_dir / "checkpoints" / "last.ckpt").exists():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail(f"{run_dir} never wrote last.ckpt")
-                time.sleep(0.05)
-            time.sleep(rng.uniform(0, 1.0))
-            process.send_signal(signal.SIGKILL)
-            process.wait()
+        while any(process.poll() is None for process in processes) and time.monotonic() < deadline:
+            for i, (process, run_dir) in enumerate(zip(processes, run_dirs, strict=True)):
+                if kill_at[i] == math.inf and (run_dir / "checkpoints" / "last.ckpt").exists():
+                    kill_at[i] = time.monotonic() + rng.uniform(0, 1.0)
+                if time.monotonic() > kill_at[i]:
+                    process.send_signal(signal.SIGKILL)
+            time.sleep(0.02)
     finally:
         for process in processes:
             process.kill()
+    for process in processes:
+        _, stderr = process.communicate()
+        assert process.returncode == -signal.SIGKILL, stderr
     assert sum(assert_outputs_intact(run_dir) for run_dir in run_dirs) >= 2 * len(run_dirs)  # best + last each
 
     # The work is not lost: the first run resumes from its last.ckpt and finishes.
