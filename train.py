@@ -9,7 +9,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from hgmldl.config import register_configs
+from hgmldl.config import register_configs, resume_overrides
 from hgmldl.errors import UserError
 from hgmldl.train import run
 
@@ -25,4 +25,8 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    try:
+        sys.argv[1:] = resume_overrides(sys.argv[1:])  # resume=<run dir>: that run's config, in its folder
+    except UserError as error:
+        sys.exit(f"error: {error}")
     main()

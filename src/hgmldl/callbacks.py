@@ -126,3 +126,16 @@ class TerminateOnNaN(L.Callback):
                 f"probably too high, lower optimizer.lr (now {lr:g}); history.csv and the checkpoints keep the "
                 "epochs before"
             )
+
+
+class RandomState(L.Callback):
+    """Keeps torch's random generator in every checkpoint, so that a resumed run draws the same dropout masks as
+    an uninterrupted one: Lightning restores weights, optimizer, loops and callbacks, but not the generator."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        torch.set_rng_state(state_dict["cpu"])
+        if state_dict["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(state_dict["cuda"])

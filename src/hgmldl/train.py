@@ -5,6 +5,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -22,6 +23,8 @@ from hgmldl.module import Classifier
 from hgmldl.saving import describe, load_checkpoint
 
 log = logging.getLogger(__name__)
+
+LAST_CHECKPOINT = "checkpoints/last.ckpt"  # in the run folder: ModelCheckpoint(save_last=True), every epoch
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -42,11 +45,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         init=cfg.init.name,
     )
-    if cfg.ckpt_path not in (None, "last"):  # "last": Lightning's keyword for the run folder's own last.ckpt
-        check_resumable(module, cfg.ckpt_path)
+    ckpt_path = cfg.ckpt_path or (resume_checkpoint(cfg.resume) if cfg.get("resume") else None)
+    if ckpt_path not in (None, "last"):  # "last": Lightning's keyword for the run folder's own last.ckpt
+        check_resumable(module, ckpt_path)
     datamodule = instantiate(cfg.data)
     trainer = build_trainer(cfg)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    except SystemExit:
+        # Lightning ends Ctrl-C and SIGTERM (a cluster's pre-emption) after the current step, tidily, with an exit;
+        # last.ckpt is still the end of the last whole epoch, from which a resumed run goes on exactly.
+        if trainer.interrupted and trainer.is_global_zero:
+            log.warning(interrupted_message(cfg.output_dir, trainer.current_epoch))
+        raise SystemExit(1) from None
 
     # Like Keras after fit: the module holds the best epoch's weights if EarlyStopping restored them.
     val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
@@ -87,6 +98,23 @@ def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: dict[st
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, final)
+
+
+def resume_checkpoint(run_dir: str) -> str:
+    """What `resume=<run dir>` continues from: the last.ckpt that conf/callbacks/default.yaml writes every epoch."""
+    path = Path(run_dir) / LAST_CHECKPOINT
+    if not path.is_file():
+        raise UserError(f"resume={run_dir}: {path} not found; that run ended before its first epoch did, start anew")
+    return str(path)
+
+
+def interrupted_message(run_dir: str, epoch: int) -> str:
+    if not (Path(run_dir) / LAST_CHECKPOINT).is_file():
+        return f"Interrupted in epoch {epoch + 1}, before any epoch ended: nothing to resume, start the run anew"
+    return (
+        f"Interrupted in epoch {epoch + 1}; {LAST_CHECKPOINT} holds the end of the last whole epoch. "
+        f"Continue with:  python train.py 'resume=\"{run_dir}\"'"
+    )
 
 
 def check_resumable(module: Classifier, ckpt_path: str) -> None:

@@ -1,0 +1,155 @@
+"""What a sweep is run for: one table comparing its jobs, and one plot of their learning curves.
+
+`python train.py -m optimizer=sgd,adam` writes `summary.csv`, `summary.md` and `curves.png` into the sweep folder
+when the sweep ends (the Hydra callback `SweepSummary`, registered in conf/hydra/default.yaml);
+`python scripts/summarize.py <sweep dir>` does the same for a folder that exists already, e.g. a sweep that a failed
+job stopped (Hydra 1.3 ends a sweep with the first failed job's error, and then calls no `on_multirun_end`).
+"""
+
+import csv
+import io
+import json
+import logging
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from hgmldl.errors import UserError
+from hgmldl.io import write_text_atomic
+from hgmldl.viz import plot_history, read_history, save_figure
+
+log = logging.getLogger(__name__)
+
+# The metrics.json numbers of each job, in the table's column order; the table is sorted by the first one.
+COLUMNS = ["val_accuracy", "val_loss", "test_accuracy", "epochs", "stopped_epoch", "best_epoch", "params", "wall_time"]
+DECIMALS = {"val_accuracy": 4, "val_loss": 4, "test_accuracy": 4, "wall_time": 1}  # the others count (epochs, params)
+SEED_KEY = "seed"  # jobs that differ only in their seed are one setting, summarised as mean ± std
+
+
+@dataclass
+class Job:
+    folder: Path
+    overrides: list[str]  # the job's command-line overrides, from .hydra/overrides.yaml
+    metrics: dict[str, Any] | None  # None: no metrics.json, the job failed (or was stopped, or still runs)
+
+
+def find_jobs(sweep_dir: Path) -> list[Job]:
+    """Every job folder under `sweep_dir`: those in which Hydra wrote `.hydra/overrides.yaml`."""
+    jobs = []
+    for overrides_file in sorted(sweep_dir.glob("**/.hydra/overrides.yaml")):
+        folder = overrides_file.parent.parent
+        metrics_file = folder / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
+        jobs.append(Job(folder, list(OmegaConf.load(overrides_file)), metrics))
+    return jobs
+
+
+def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """Writes summary.csv, summary.md and curves.png into `sweep_dir`, prints the table and returns its rows."""
+    sweep_dir = Path(sweep_dir)
+    jobs = find_jobs(sweep_dir)
+    if not jobs:
+        raise UserError(f"{sweep_dir} holds no job folders (*/.hydra/overrides.yaml): give the folder of a sweep")
+    labels = job_labels(jobs)
+    rows = summary_rows(jobs, labels)
+    markdown = to_markdown(rows)
+    write_text_atomic(sweep_dir / "summary.csv", to_csv(rows))
+    write_text_atomic(sweep_dir / "summary.md", markdown)
+    histories = {label: job.folder / "history.csv" for job, label in zip(jobs, labels, strict=True)}
+    curves = {label: read_history(path) for label, path in histories.items() if path.exists()}
+    if any(curves.values()):
+        save_figure(plot_history({label: rows for label, rows in curves.items() if rows}), sweep_dir / "curves.png")
+    print(f"\n{markdown}\nwritten to {sweep_dir}/summary.{{csv,md}} and curves.png", flush=True)
+    return rows
+
+
+def job_labels(jobs: list[Job]) -> list[str]:
+    """Each job named by the overrides in which it differs from the other jobs (all of them when it is alone)."""
+    shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
+    return [",".join(o for o in job.overrides if o not in shared) or "defaults" for job in jobs]
+
+
+def setting(label: str) -> str:
+    """The label without its seed: the jobs of one setting."""
+    return ",".join(o for o in label.split(",") if o.split("=")[0].lstrip("+") != SEED_KEY) or "defaults"
+
+
+def summary_rows(jobs: list[Job], labels: list[str]) -> list[dict[str, Any]]:
+    """One row per setting and outcome, best val_accuracy first, failed jobs last: `runs` jobs, and per column
+    the mean and (with several runs) the sample standard deviation."""
+    groups: dict[tuple[str, bool], list[Job]] = {}
+    for job, label in zip(jobs, labels, strict=True):
+        groups.setdefault((setting(label), job.metrics is None), []).append(job)
+    rows = []
+    for (name, failed), members in groups.items():
+        row: dict[str, Any] = {"setting": name, "status": "failed" if failed else "ok", "runs": len(members)}
+        for column in [] if failed else COLUMNS:
+            values = [job.metrics[column] for job in members if job.metrics.get(column) is not None]
+            row[column], row[f"{column}_std"] = mean_and_std(values)
+        rows.append(row)
+    return sorted(rows, key=lambda row: (row["status"] == "failed", -(row.get("val_accuracy") or 0.0)))
+
+
+def mean_and_std(values: list[float]) -> tuple[float | None, float | None]:
+    """One run's value as it is (an epoch count stays an int); the mean and sample std of several."""
+    if len(values) < 2:
+        return (values[0] if values else None), None
+    return statistics.fmean(values), statistics.stdev(values)
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    """Plain numbers; the `*_std` columns only when some setting ran with several seeds."""
+    names = ["setting", "status", "runs"]
+    with_std = any(row["runs"] > 1 and row["status"] == "ok" for row in rows)
+    for column in COLUMNS:
+        names += [column, f"{column}_std"] if with_std else [column]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, names, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def to_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| setting | runs | " + " | ".join(COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
+    for row in rows:
+        if row["status"] == "failed":
+            cells = ["failed (no metrics.json)"] + [""] * (len(COLUMNS) - 1)
+        else:
+            cells = [format_cell(column, row[column], row[f"{column}_std"]) for column in COLUMNS]
+        lines.append(f"| {row['setting']} | {row['runs']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def format_cell(column: str, mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return ""
+    decimals = DECIMALS.get(column, 0 if std is None else 1)
+    return f"{mean:.{decimals}f}" + ("" if std is None else f" ± {std:.{decimals}f}")
+
+
+class SweepSummary(Callback):
+    """Hydra callback: claims a fresh sweep folder when a sweep starts, and summarises the sweep when it ends.
+
+    Hydra itself reuses an existing sweep folder (`mkdir(exist_ok=True)`), so two sweeps started at the same
+    instant, or a sweep repeated with the same `hydra.sweep.dir`, would mix their jobs; creating `multirun.yaml`
+    exclusively makes the second one stop instead.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(sweep_dir / "multirun.yaml", "x", encoding="utf-8") as file:
+                file.write(OmegaConf.to_yaml(config))  # what Hydra's sweeper writes there next
+        except FileExistsError:
+            raise SystemExit(
+                f"error: {sweep_dir} already holds a sweep; give another hydra.sweep.dir= or delete that folder"
+            ) from None
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        summarize(config.hydra.sweep.dir)

@@ -1,0 +1,58 @@
+"""trainer=ddp on a CPU: two processes (gloo) of one run, in one folder, with one set of metrics."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+
+from hgmldl.data import FashionMNISTDataModule
+from hgmldl.module import Classifier
+from tests.conftest import ROOT
+
+
+def test_two_process_cpu_ddp_fit_logs_one_set_of_metrics(tmp_path, idx_dir):
+    run_dir = tmp_path / "run"
+    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    data = [
+        f"data.idx_dir={idx_dir}",
+        f"data.root={tmp_path / 'data'}",
+        "data.download=false",
+        "data.batches_per_step=2",
+    ]
+    options = ["model=softmax", "callbacks=default", "logger=csv", "trainer.max_epochs=2"]
+    result = subprocess.run(
+        [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *ddp, *data, *options],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    # Lightning re-ran train.py for rank 1 with hydra.run.dir=<the same folder>: one folder, one .hydra.
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "run"]
+    assert sorted(path.name for path in run_dir.glob("*.log")) == ["train.log", "train_ddp_process_1.log"]
+    assert not (run_dir / ".hydra" / "multirun.yaml").exists() and len(list(run_dir.rglob("config.yaml"))) == 1
+    # Rank 0 alone wrote history.csv and the logger's metrics.csv: one row per epoch.
+    with open(run_dir / "history.csv") as file:
+        assert [row["epoch"] for row in csv.DictReader(file)] == ["0", "1"]
+    with open(run_dir / "metrics.csv") as file:
+        assert [row["step"] for row in csv.DictReader(file) if row["val_loss"]] == ["0", "1"]  # step: the epoch
+    # Each process trained on its own half: 200 of the 400 training images, 7 updates of 32 per epoch.
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 2 * math.ceil(400 / 2 / 32)
+    # val_loss and val_accuracy were reduced over both halves of the validation set: one process evaluating the
+    # same weights on all of it finds the same numbers.
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    module = Classifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    trainer = L.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    datamodule = FashionMNISTDataModule(root=str(tmp_path / "data"), idx_dir=str(idx_dir), download=False)
+    [val] = trainer.validate(module, datamodule=datamodule, verbose=False)
+    assert metrics["val_loss"] == pytest.approx(val["val_loss"], rel=1e-5)
+    assert metrics["val_accuracy"] == pytest.approx(val["val_accuracy"], abs=1e-6)
