@@ -44,6 +44,7 @@ class TrainSchema:
 
     seed: int = 42
     init: Init = Init.keras
+    compile: bool = False
     ckpt_path: str | None = None
     resume: str | None = None
     output_dir: str = MISSING

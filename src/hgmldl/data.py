@@ -5,6 +5,7 @@ path does no per-sample Python or PIL work (torchvision's usual `ToTensor` pipel
 """
 
 import gzip
+import itertools
 import logging
 import math
 import socket
@@ -46,6 +47,11 @@ def book_split(num_samples: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.RandomState(SPLIT_SEED).permutation(num_samples)
     num_val = math.ceil(VAL_FRACTION * num_samples)
     return order[num_val:], order[:num_val]
+
+
+def scale(images: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels to float32 in [0, 1]: Keras' `/ 255.0`."""
+    return images.float().div_(255)
 
 
 def check_idx_pair(images_path: Path, labels_path: Path) -> int:
@@ -187,17 +193,21 @@ class FashionMNISTDataModule(L.LightningDataModule):
         # On a GPU the whole dataset (about 200 MB as float32) lives in device memory: no copies per step.
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         if stage in ("fit", "validate") and not hasattr(self, "train_images"):
-            images, labels = self._load(train=True, device=device)
+            images, labels = self._read(train=True, device=device)  # split as uint8: float32 copies exist once
             train, val = (torch.as_tensor(indices, device=device) for indices in book_split(len(labels)))
-            self.train_images, self.train_labels = images[train], labels[train]
-            self.val_images, self.val_labels = images[val], labels[val]
+            self.train_images, self.train_labels = scale(images[train]), labels[train]
+            self.val_images, self.val_labels = scale(images[val]), labels[val]
         if stage in ("test", "predict") and not hasattr(self, "test_images"):
             self.test_images, self.test_labels = self._load(train=False, device=device)
 
     def _load(self, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 1, 28, 28) float32 images in [0, 1] and their labels."""
+        images, labels = self._read(train, device)
+        return scale(images), labels
+
+    def _read(self, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         dataset = self.dataset_class(self.root, train=train, download=False)
-        images = dataset.data.to(device).unsqueeze(1).float().div_(255)  # (N, 1, 28, 28) in [0, 1], Keras' /255.0
-        return images, dataset.targets.to(device)
+        return dataset.data.to(device).unsqueeze(1), dataset.targets.to(device)
 
     def _batches(self, images: torch.Tensor, labels: torch.Tensor, train: bool) -> "TensorBatches":
         rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
@@ -274,13 +284,18 @@ class TensorBatches:
         return math.ceil(self.sampler.num_samples / (self.batch_size * (self.batches_per_step or 1)))
 
     def __iter__(self):
-        images, labels = self.images, self.labels
         if self.sampler.shuffle or self.sampler.num_replicas > 1:
-            order = torch.as_tensor(list(self.sampler), device=images.device)
-            images, labels = images[order], labels[order]  # one gather per epoch, then only views
-        minibatches = list(zip(images.split(self.batch_size), labels.split(self.batch_size), strict=True))
+            # Each minibatch is gathered when its step comes: gathering the whole shuffled epoch up front writes a
+            # fresh 150 MB tensor, whose page faults alone cost more than a softmax epoch's arithmetic on a CPU.
+            order = torch.as_tensor(list(self.sampler), device=self.images.device)
+            minibatches = (
+                (self.images.index_select(0, indices), self.labels.index_select(0, indices))
+                for indices in order.split(self.batch_size)
+            )
+        else:
+            minibatches = zip(self.images.split(self.batch_size), self.labels.split(self.batch_size), strict=True)
         if self.batches_per_step is None:
             yield from minibatches
         else:
-            for start in range(0, len(minibatches), self.batches_per_step):
-                yield minibatches[start : start + self.batches_per_step]
+            while step := list(itertools.islice(minibatches, self.batches_per_step)):
+                yield step

@@ -44,6 +44,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         model=OmegaConf.to_container(cfg.model, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         init=cfg.init.name,
+        compile=cfg.compile,
     )
     ckpt_path = cfg.ckpt_path or (resume_checkpoint(cfg.resume) if cfg.get("resume") else None)
     if ckpt_path not in (None, "last"):  # "last": Lightning's keyword for the run folder's own last.ckpt
