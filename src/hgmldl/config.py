@@ -55,6 +55,7 @@ class TrainSchema:
     trainer: Any = MISSING
     callbacks: Any = field(default_factory=dict)
     logger: Any = None
+    baseline: Any = None  # an estimator config: run() cross-validates it instead (7-1's SGD baseline)
 
 
 def register_configs(experiments_dir: Path) -> None:

@@ -15,6 +15,7 @@ from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
+from hgmldl.baseline import cross_validate_baseline
 from hgmldl.callbacks import EarlyStopping
 from hgmldl.config import check_config
 from hgmldl.errors import UserError
@@ -30,6 +31,8 @@ LAST_CHECKPOINT = "checkpoints/last.ckpt"  # in the run folder: ModelCheckpoint(
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Trains the configured model and returns the numbers also written to `metrics.json`."""
     check_config(cfg)
+    if cfg.get("baseline") is not None:  # 7-1's scikit-learn baseline: no network to train
+        return cross_validate_baseline(cfg)
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # RMSprop's and Adagrad's running averages decay into float32 denormals, which are ~100x slower on a CPU;

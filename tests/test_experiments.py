@@ -1,0 +1,202 @@
+"""The book presets (experiments/*.yaml), the SGD baseline and scripts/reproduce.py, on generated data."""
+
+import importlib.util
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from sklearn.linear_model import SGDClassifier
+from sklearn.model_selection import cross_validate
+from torch import nn
+
+from hgmldl.errors import UserError
+from hgmldl.module import Classifier
+from hgmldl.train import run
+from tests.conftest import ROOT, make_idx_dataset
+from tests.test_train import read_history
+
+PRESETS = sorted(path.stem for path in (ROOT / "experiments").glob("*.yaml"))
+
+# What each book cell builds: parameters (summary()), optimizer, epochs, EarlyStopping, hidden activations.
+BOOK = {
+    "ch7_1_softmax": (7_850, "RMSprop", 5, False, []),
+    "ch7_2_sigmoid": (79_510, "RMSprop", 5, False, [nn.Sigmoid]),
+    "ch7_2_relu": (79_510, "RMSprop", 5, False, [nn.ReLU]),
+    "ch7_2_deep": (99_710, "RMSprop", 5, False, [nn.Sigmoid, nn.Sigmoid, nn.ReLU]),
+    "ch7_2_adam": (79_510, "Adam", 5, False, [nn.ReLU]),
+    "ch7_2_optimizers": (79_510, "RMSprop", 5, False, [nn.ReLU]),
+    "ch7_3_overfit": (79_510, "RMSprop", 20, False, [nn.ReLU]),
+    "ch7_3_dropout": (79_510, "Adam", 20, False, [nn.ReLU]),
+    "ch7_3_callbacks": (79_510, "Adam", 20, True, [nn.ReLU]),
+    "ch8_2_cnn": (333_526, "Adam", 20, True, [nn.ReLU, nn.ReLU, nn.ReLU]),
+    "dlp2_ch2_mnist": (407_050, "RMSprop", 5, False, [nn.ReLU]),
+}
+
+
+def compose_preset(name: str, *overrides: str, hydra_node: bool = False):
+    """The config `python train.py experiment=<name>` runs, with the preset's own epochs (make_cfg shortens them)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        return compose("train", [f"experiment={name}", *overrides], return_hydra_config=hydra_node)
+
+
+def test_every_book_section_has_a_preset():
+    assert set(PRESETS) == {*BOOK, "ch7_1_sgd_baseline"}
+
+
+@pytest.mark.parametrize("name", sorted(BOOK))
+def test_preset_composes_to_the_books_model(name):
+    params, optimizer, epochs, early_stopping, activations = BOOK[name]
+    cfg = compose_preset(name, "output_dir=unused")
+    module = Classifier(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer))
+    assert sum(p.numel() for p in module.parameters()) == params
+    assert [type(layer) for layer in module.net if type(layer) in (nn.ReLU, nn.Sigmoid)] == activations
+    assert type(module.configure_optimizers()).__name__ == optimizer
+    assert cfg.trainer.max_epochs == epochs
+    assert ("early_stopping" in cfg.callbacks) == early_stopping
+    assert cfg.data.batch_size == (128 if name == "dlp2_ch2_mnist" else 32)
+    assert cfg.baseline is None
+
+
+def test_sgd_baseline_preset_is_the_books_estimator():
+    estimator = instantiate(compose_preset("ch7_1_sgd_baseline").baseline)
+    assert isinstance(estimator, SGDClassifier)
+    assert (estimator.loss, estimator.max_iter, estimator.random_state) == ("log_loss", 5, 42)
+
+
+def test_optimizers_preset_sweeps_the_five_optimizers_of_7_2():
+    cfg = compose_preset("ch7_2_optimizers", hydra_node=True)
+    assert cfg.hydra.sweeper.params == {"optimizer": "sgd,nesterov,adagrad,rmsprop,adam"}
+
+
+@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=5, as in the book
+def test_sgd_baseline_cross_validates_all_training_images(make_cfg, tmp_path, idx_dir):
+    metrics = run(make_cfg("experiment=ch7_1_sgd_baseline"))
+    images = read_idx_images(tmp_path / "data") / 255.0
+    labels = read_idx_labels(tmp_path / "data")
+    book = cross_validate(SGDClassifier(loss="log_loss", max_iter=5, random_state=42), images, labels)
+    assert len(metrics["fold_accuracies"]) == 5
+    assert metrics["fold_accuracies"] == pytest.approx(list(book["test_score"]))
+    assert metrics["val_accuracy"] == pytest.approx(np.mean(book["test_score"]))
+    assert metrics["params"] == 7_850
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+
+
+def read_idx_images(root):
+    raw = (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").read_bytes()
+    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(-1, 784).astype(np.float64)
+
+
+def read_idx_labels(root):
+    return np.frombuffer((root / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
+
+
+def test_sgd_baseline_without_scikit_learn_says_what_to_install(make_cfg, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn.model_selection", None)  # makes the import fail
+    with pytest.raises(UserError, match=r"^the SGD baseline needs scikit-learn: pip install 'hgmldl\[baseline\]'$"):
+        run(make_cfg("experiment=ch7_1_sgd_baseline"))
+
+
+def test_mnist_preset_offline_names_the_missing_files_and_the_fix(make_cfg, tmp_path):
+    cfg = make_cfg("experiment=dlp2_ch2_mnist", "data.idx_dir=null")  # no MNIST anywhere, no download
+    missing = f"MNIST IDX files not found in {tmp_path / 'data' / 'MNIST' / 'raw'} or -: "
+    with pytest.raises(
+        UserError, match=rf"^{re.escape(missing)}.* point data\.idx_dir=<folder with the four IDX files"
+    ):
+        run(cfg)
+
+
+def test_mnist_preset_runs_on_idx_files_given_with_idx_dir(make_cfg, tmp_path):
+    metrics = run(make_cfg("experiment=dlp2_ch2_mnist", "trainer.max_epochs=1", "trainer.limit_train_batches=1"))
+    assert metrics["params"] == 407_050
+    assert (tmp_path / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
+    assert len(read_history(tmp_path / "run" / "history.csv")) == 1
+
+
+@pytest.fixture(scope="module")
+def reproduce():
+    """scripts/reproduce.py's main(argv), in this process: a subprocess would spend its time importing torch."""
+    spec = importlib.util.spec_from_file_location("reproduce", ROOT / "scripts" / "reproduce.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return lambda *args: module.main(list(map(str, args)))
+
+
+def table_rows(report: str) -> list[list[str]]:
+    lines = [line for line in report.splitlines() if line.startswith("|")]
+    header, rule, *rows = lines
+    assert header.split(" | ")[:4] == ["| preset", "command", "book", "ours"]
+    assert rule == "|---" * 8 + "|"
+    return [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows]
+
+
+def test_quick_reproduction_writes_a_table_of_every_job(reproduce, tmp_path, idx_dir):
+    presets = ["ch7_1_sgd_baseline", "ch7_1_softmax", "ch7_2_optimizers", "ch8_2_cnn"]
+    common = [f"data.idx_dir={idx_dir}", f"data.root={tmp_path / 'data'}", "data.download=false"]
+    reproduce("--quick", "--only", *presets, "--out", tmp_path, "--runs-dir", tmp_path / "runs", *common)
+    rows = table_rows((tmp_path / "RESULTS.md").read_text())
+    optimizers = [f"ch7_2_optimizers optimizer={name}" for name in ("sgd", "nesterov", "adagrad", "rmsprop", "adam")]
+    assert [row[0] for row in rows] == ["ch7_1_sgd_baseline", "ch7_1_softmax", *optimizers, "ch8_2_cnn"]
+    assert all(len(row) == 8 and row[-1] == "cpu" for row in rows)
+    softmax = json.loads((tmp_path / "runs" / "ch7_1_softmax" / "seed42" / "metrics.json").read_text())
+    assert rows[1][1] == "`python train.py experiment=ch7_1_softmax`"
+    assert rows[1][3] == f"val_accuracy {softmax['val_accuracy']:.4f} (n=1)"
+    assert rows[1][4:6] == ["7,850", "1"]
+    cnn = json.loads((tmp_path / "runs" / "ch8_2_cnn" / "seed42" / "metrics.json").read_text())
+    ours = f"val_accuracy {cnn['val_accuracy']:.4f} (n=1)<br>test_accuracy {cnn['test_accuracy']:.4f} (n=1)"
+    assert rows[-1][3] == ours
+    curves = sorted(path.name for path in (tmp_path / "curves").iterdir())
+    assert curves == ["ch7_1_softmax.png", "ch7_2_optimizers.png", "ch8_2_cnn.png"]  # the baseline has no epochs
+    assert (tmp_path / "curves" / "ch8_2_cnn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Again on the same runs dir: the finished run is reused, not trained again.
+    history = tmp_path / "runs" / "ch7_1_softmax" / "seed42" / "history.csv"
+    written = history.stat().st_mtime_ns
+    reproduce("--quick", "--only", "ch7_1_softmax", "--out", tmp_path / "again", "--runs-dir", tmp_path / "runs")
+    assert history.stat().st_mtime_ns == written
+    assert table_rows((tmp_path / "again" / "RESULTS.md").read_text()) == [rows[1]]
+
+
+def test_reproduction_reports_a_preset_that_cannot_run(reproduce, tmp_path):
+    options = ["--out", tmp_path, "--runs-dir", tmp_path / "runs", f"data.root={tmp_path}", "data.download=false"]
+    reproduce("--only", "dlp2_ch2_mnist", *options)
+    report = (tmp_path / "RESULTS.md").read_text()
+    [row] = table_rows(report)
+    assert row[3] == "not run (error below)"
+    assert f"- dlp2_ch2_mnist: `error: MNIST IDX files not found in {tmp_path / 'MNIST' / 'raw'}" in report
+
+
+def test_reproduce_rejects_an_unknown_preset(reproduce, tmp_path):
+    with pytest.raises(
+        SystemExit, match="^error: no preset ch7_9_nope in experiments/; choose from ch7_1_sgd_baseline, "
+    ):
+        reproduce("--only", "ch7_9_nope", "--out", tmp_path)
+
+
+@pytest.mark.slow
+def test_train_py_multirun_trains_one_job_per_optimizer(tmp_path):
+    idx = make_idx_dataset(tmp_path / "idx", num_train=100, num_test=20)
+    result = subprocess.run(
+        [sys.executable, "train.py", "-m", "experiment=ch7_2_optimizers", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+        + [f"data.idx_dir={idx}", f"data.root={tmp_path / 'data'}", "data.download=false", "trainer.max_epochs=1"]
+        + ["trainer.limit_train_batches=1", "trainer.enable_progress_bar=false"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    jobs = sorted(path.parent.name for path in (tmp_path / "sweep").glob("*/metrics.json"))
+    assert [job.split("optimizer=")[1].split(",")[0] for job in jobs] == [
+        "adagrad",
+        "adam",
+        "nesterov",
+        "rmsprop",
+        "sgd",
+    ]
