@@ -9,7 +9,7 @@ Each run is `hgmldl.train.run` on the config `python train.py experiment=<preset
 a preset that sets `hydra.sweeper.params` (ch7_2_optimizers) runs once per combination, as `-m` would.
 A run that fails with a UserError (no MNIST offline) is reported as not run, and the others go on. Finished runs
 in --runs-dir are reused, so a second call with the same --runs-dir resumes, adds seeds, or (--report-only) only
-rewrites the report.
+rewrites the report (keeping its hand-written `## Notes`).
 """
 
 import argparse
@@ -37,6 +37,7 @@ from hgmldl.train import run
 from hgmldl.viz import plot_history, read_history, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
+NOTES = "\n## Notes"  # RESULTS.md from this heading on is written by hand and survives a new report
 QUICK = [
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
@@ -126,7 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     for preset in presets:
         plot_curves([job for job in jobs if job.preset == preset], args.out / "curves" / f"{preset}.png")
-    write_text_atomic(args.out / "RESULTS.md", report(jobs, seeds, started, sys.argv[1:] if argv is None else argv))
+    results = args.out / "RESULTS.md"
+    previous = results.read_text() if results.exists() else ""
+    notes = previous[previous.index(NOTES) :] if NOTES in previous else ""  # written by hand: kept
+    write_text_atomic(results, report(jobs, seeds, started, sys.argv[1:] if argv is None else argv) + notes)
     print(f"wrote {args.out / 'RESULTS.md'} and {len(presets)} curves in {args.out / 'curves'}")
 
 

@@ -156,12 +156,16 @@ def test_quick_reproduction_writes_a_table_of_every_job(reproduce, tmp_path, idx
     assert curves == ["ch7_1_softmax.png", "ch7_2_optimizers.png", "ch8_2_cnn.png"]  # the baseline has no epochs
     assert (tmp_path / "curves" / "ch8_2_cnn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # Again on the same runs dir: the finished run is reused, not trained again.
+    # Again on the same runs dir: the finished run is reused, not trained again; hand-written notes stay.
     history = tmp_path / "runs" / "ch7_1_softmax" / "seed42" / "history.csv"
     written = history.stat().st_mtime_ns
-    reproduce("--quick", "--only", "ch7_1_softmax", "--out", tmp_path / "again", "--runs-dir", tmp_path / "runs")
+    with open(tmp_path / "RESULTS.md", "a") as file:
+        file.write("\n## Notes\n\nBy hand.\n")
+    reproduce("--quick", "--only", "ch7_1_softmax", "--out", tmp_path, "--runs-dir", tmp_path / "runs")
     assert history.stat().st_mtime_ns == written
-    assert table_rows((tmp_path / "again" / "RESULTS.md").read_text()) == [rows[1]]
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert table_rows(report) == [rows[1]]
+    assert report.endswith("|\n\n## Notes\n\nBy hand.\n")
 
 
 def test_reproduction_reports_a_preset_that_cannot_run(reproduce, tmp_path):
