@@ -9,6 +9,7 @@ import json
 import math
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from tests.conftest import ROOT, make_idx_dataset, write_idx
 
 pytestmark = pytest.mark.faults
 
+NON_FINITE = "<nan or inf>"  # which one comes first depends on the CPU's rounding
 ENV = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
 
 
@@ -105,7 +107,7 @@ def runs(tmp_path_factory, idx_dir):
         "loss diverges at once": (
             "train.py",
             {"model": "deep_mlp", "optimizer": "sgd", "optimizer.lr": 1e3},
-            f"error: the training loss became nan in epoch 1: {diverged}",
+            f"error: the training loss became {NON_FINITE} in epoch 1: {diverged}",
         ),
         "loss diverges in epoch 2": (
             "train.py",
@@ -117,7 +119,7 @@ def runs(tmp_path_factory, idx_dir):
                 "+callbacks.raise_lr.epoch": 1,
                 "+callbacks.raise_lr.lr": 1e3,
             },
-            f"error: the training loss became inf in epoch 2: {diverged}",
+            f"error: the training loss became {NON_FINITE} in epoch 2: {diverged}",
         ),
         "evaluate.py": ("evaluate.py", {"ckpt_path": f"{tmp}/missing.ckpt"}, missing),
         "predict.py": ("predict.py", {"ckpt_path": f"{tmp}/notes.ckpt"}, not_a_checkpoint),
@@ -157,7 +159,7 @@ def test_fault_ends_in_one_line_and_leaves_no_broken_file(runs, case):
     assert process.returncode == 1, stderr
     assert "Traceback" not in stderr
     lines = stderr.strip().splitlines()
-    assert lines[-1] == message
+    assert re.fullmatch(re.escape(message).replace(re.escape(NON_FINITE), "(nan|inf)"), lines[-1]), stderr
     assert sum(line.startswith("error: ") for line in lines) == 1
     if run_dir.exists():
         assert not list(run_dir.rglob("*.tmp"))
