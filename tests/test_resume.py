@@ -50,8 +50,9 @@ def test_resumed_run_equals_uninterrupted_run(make_cfg, tmp_path):
 def test_sigterm_mid_epoch_leaves_a_last_ckpt_that_resume_continues(tmp_path, idx_dir):
     run_dir = tmp_path / "run"
     data = [f"data.idx_dir={idx_dir}", f"data.root={tmp_path / 'data'}", "data.download=false"]
-    # Many small steps per epoch (one minibatch each), so the signal lands inside an epoch, not between two.
-    options = ["model=cnn", "data.batches_per_step=1", "callbacks=default", "logger=csv", *data]
+    # Many small steps per epoch (100 of one minibatch of 4), so the signal lands inside an epoch, most likely.
+    model = ["model=mlp", "model.hidden_units=50"]  # 39,760 parameters
+    options = [*model, "data.batch_size=4", "data.batches_per_step=1", "callbacks=default", "logger=csv", *data]
     command = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *options, "trainer.enable_progress_bar=false"]
     process = subprocess.Popen(
         [*command, "trainer.max_epochs=1000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -69,7 +70,7 @@ def test_sigterm_mid_epoch_leaves_a_last_ckpt_that_resume_continues(tmp_path, id
     assert len(read_rows(run_dir / "history.csv")) == finished
     assert not (run_dir / "metrics.json").exists()
 
-    # The earlier run's overrides (model=cnn, …) come back from its folder; the new max_epochs wins.
+    # The earlier run's overrides (model=mlp model.hidden_units=50, …) come back from its folder; the new max_epochs wins.
     resumed = subprocess.run(
         [sys.executable, "train.py", f"resume={run_dir}", f"trainer.max_epochs={finished + 1}"],
         cwd=ROOT,
@@ -80,7 +81,7 @@ def test_sigterm_mid_epoch_leaves_a_last_ckpt_that_resume_continues(tmp_path, id
     assert resumed.returncode == 0, resumed.stderr
     assert [row["epoch"] for row in read_rows(run_dir / "history.csv")] == list(range(finished + 1))
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["epochs"] == finished + 1 and metrics["params"] == 333_526  # the cnn, from the earlier overrides
+    assert metrics["epochs"] == finished + 1 and metrics["params"] == 39_760
 
 
 def test_resume_of_a_folder_that_is_no_run_is_one_line(tmp_path):

@@ -9,7 +9,6 @@ job stopped (Hydra 1.3 ends a sweep with the first failed job's error, and then 
 import csv
 import io
 import json
-import logging
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,11 +17,10 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from hgmldl.config import override_key
 from hgmldl.errors import UserError
 from hgmldl.io import write_text_atomic
 from hgmldl.viz import plot_history, read_history, save_figure
-
-log = logging.getLogger(__name__)
 
 # The metrics.json numbers of each job, in the table's column order; the table is sorted by the first one.
 COLUMNS = ["val_accuracy", "val_loss", "test_accuracy", "epochs", "stopped_epoch", "best_epoch", "params", "wall_time"]
@@ -54,39 +52,39 @@ def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
     jobs = find_jobs(sweep_dir)
     if not jobs:
         raise UserError(f"{sweep_dir} holds no job folders (*/.hydra/overrides.yaml): give the folder of a sweep")
-    labels = job_labels(jobs)
-    rows = summary_rows(jobs, labels)
+    distinct = distinct_overrides(jobs)
+    rows = summary_rows(jobs, [joined([o for o in own if override_key(o) != SEED_KEY]) for own in distinct])
     markdown = to_markdown(rows)
     write_text_atomic(sweep_dir / "summary.csv", to_csv(rows))
     write_text_atomic(sweep_dir / "summary.md", markdown)
-    histories = {label: job.folder / "history.csv" for job, label in zip(jobs, labels, strict=True)}
-    curves = {label: read_history(path) for label, path in histories.items() if path.exists()}
-    if any(curves.values()):
-        save_figure(plot_history({label: rows for label, rows in curves.items() if rows}), sweep_dir / "curves.png")
-    print(f"\n{markdown}\nwritten to {sweep_dir}/summary.{{csv,md}} and curves.png", flush=True)
+    histories = [(joined(own), job.folder / "history.csv") for job, own in zip(jobs, distinct, strict=True)]
+    curves = {label: read_history(path) for label, path in histories if path.exists()}
+    curves = {label: epochs for label, epochs in curves.items() if epochs}  # none when a job failed in epoch 1
+    if curves:
+        save_figure(plot_history(curves), sweep_dir / "curves.png")
+    print(f"\n{markdown}\nwritten to {sweep_dir}/summary.csv, summary.md, curves.png", flush=True)
     return rows
 
 
-def job_labels(jobs: list[Job]) -> list[str]:
-    """Each job named by the overrides in which it differs from the other jobs (all of them when it is alone)."""
+def distinct_overrides(jobs: list[Job]) -> list[list[str]]:
+    """Each job's overrides that not every job has: what tells it apart (all of them when it is alone)."""
     shared = set.intersection(*(set(job.overrides) for job in jobs)) if len(jobs) > 1 else set()
-    return [",".join(o for o in job.overrides if o not in shared) or "defaults" for job in jobs]
+    return [[o for o in job.overrides if o not in shared] for job in jobs]
 
 
-def setting(label: str) -> str:
-    """The label without its seed: the jobs of one setting."""
-    return ",".join(o for o in label.split(",") if o.split("=")[0].lstrip("+") != SEED_KEY) or "defaults"
+def joined(overrides: list[str]) -> str:
+    return ",".join(overrides) or "defaults"
 
 
-def summary_rows(jobs: list[Job], labels: list[str]) -> list[dict[str, Any]]:
+def summary_rows(jobs: list[Job], settings: list[str]) -> list[dict[str, Any]]:
     """One row per setting and outcome, best val_accuracy first, failed jobs last: `runs` jobs, and per column
     the mean and (with several runs) the sample standard deviation."""
     groups: dict[tuple[str, bool], list[Job]] = {}
-    for job, label in zip(jobs, labels, strict=True):
-        groups.setdefault((setting(label), job.metrics is None), []).append(job)
+    for job, setting in zip(jobs, settings, strict=True):
+        groups.setdefault((setting, job.metrics is None), []).append(job)
     rows = []
-    for (name, failed), members in groups.items():
-        row: dict[str, Any] = {"setting": name, "status": "failed" if failed else "ok", "runs": len(members)}
+    for (setting, failed), members in groups.items():
+        row: dict[str, Any] = {"setting": setting, "status": "failed" if failed else "ok", "runs": len(members)}
         for column in [] if failed else COLUMNS:
             values = [job.metrics[column] for job in members if job.metrics.get(column) is not None]
             row[column], row[f"{column}_std"] = mean_and_std(values)
