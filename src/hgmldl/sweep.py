@@ -3,7 +3,7 @@
 `python train.py -m optimizer=sgd,adam` writes `summary.csv`, `summary.md` and `curves.png` into the sweep folder
 when the sweep ends (the Hydra callback `SweepSummary`, registered in conf/hydra/default.yaml);
 `python scripts/summarize.py <sweep dir>` does the same for a folder that exists already, e.g. a sweep that a failed
-job stopped (Hydra 1.3 ends a sweep with the first failed job's error, and then calls no `on_multirun_end`).
+job stopped (Hydra 1.3 ends a sweep with a failed job's error, and then calls no `on_multirun_end`).
 """
 
 import csv
