@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -50,8 +51,8 @@ def clock(device: torch.device) -> float:
 
 class PlainLoop:
     """What a careful hand-written loop does: tensors in memory, one `randperm` per epoch, each minibatch gathered
-    with `index_select` (cheaper here than gathering the epoch and slicing it), channels-last convolutions, zero_grad/backward/step per minibatch, loss and correct count summed on the device,
-    a large-batch evaluation.
+    with `index_select` (cheaper here than gathering the whole epoch and slicing it), channels-last convolutions,
+    zero_grad/backward/step per minibatch, loss and correct count summed on the device, a large-batch evaluation.
     Same model, Keras initialisation, optimizer settings, data and batch sizes as the hgmldl run it sits in."""
 
     def __init__(self, module: L.LightningModule, datamodule: L.LightningDataModule, seed: int) -> None:
@@ -135,20 +136,15 @@ class SideBySide(L.Callback):
         self.hgmldl["epoch_seconds"].append(clock(pl_module.device) - self.epoch_started)
         self.hgmldl["val_accuracy"].append(float(trainer.callback_metrics["val_accuracy"]))
         if self.loop is None:  # hgmldl's peak through set-up and a whole epoch, before the loop allocates anything
-            self.hgmldl_peak_rss_mb = peak_rss_mb()
-            self.loop = PlainLoop(pl_module, trainer.datamodule, seed=trainer.datamodule.seed)
+            self.hgmldl_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
+            if self.loop is None:
+                self.loop = PlainLoop(pl_module, trainer.datamodule, seed=trainer.datamodule.seed)
             started = clock(pl_module.device)
             history = self.loop.epoch()
             self.plain["epoch_seconds"].append(clock(pl_module.device) - started)
         self.plain["val_accuracy"].append(history["val_accuracy"])
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
 def run_model(model: str, epochs: int, work_dir: Path, extra: list[str]) -> dict[str, Any]:
@@ -178,7 +174,8 @@ def run_model(model: str, epochs: int, work_dir: Path, extra: list[str]) -> dict
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)  # this child's own rusage, not the maximum over all children
     if os.waitstatus_to_exitcode(status) != 0:
-        sys.exit(f"error: train.py failed for model={model}; its output is in {work_dir / f'{model}.log'}")
+        sys.stderr.write((work_dir / f"{model}.log").read_text()[-4000:])
+        sys.exit(f"error: train.py failed for model={model} (the end of its output is above)")
     result = json.loads(out.read_text())
     sides = {side: summarise(result[side], epochs) for side in ("hgmldl", "plain")}
     return {
@@ -241,7 +238,7 @@ def main() -> None:
     epochs = 2 if args.quick else args.epochs
     if epochs < 1:
         sys.exit("error: --epochs must be at least 1")
-    results = []
+    results, load_at_start = [], os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="hgmldl-bench-") as work:
         extra = []
         if args.idx_dir:
@@ -258,6 +255,8 @@ def main() -> None:
             "torch": torch.__version__,
             "lightning": L.__version__,
         },
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": os.getloadavg(),
         "epochs": epochs,
         "quick": args.quick,
         "results": results,
