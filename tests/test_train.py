@@ -111,3 +111,16 @@ def test_missing_data_is_one_line_error(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: MNIST IDX files not found") and "data.idx_dir=" in last
     assert "Traceback" not in result.stderr
+
+
+def test_tensorboard_curves_use_keras_names_and_epochs(make_cfg, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(make_cfg("model=softmax", "logger=tensorboard", "trainer.max_epochs=3", "callbacks=default"))
+    scalars: dict[str, list[int]] = {}
+    for events in sorted((tmp_path / "run").glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events)).Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            scalars.setdefault(tag, []).extend(event.step for event in accumulator.Scalars(tag))
+    for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        assert scalars[name] == [0, 1, 2], name  # one point per epoch, x-axis in epochs like History plots

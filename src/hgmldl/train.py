@@ -63,7 +63,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log.warning(interrupted_message(cfg.output_dir, trainer.current_epoch))
         raise SystemExit(1) from None
 
-    # Like Keras after fit: the module holds the best epoch's weights if EarlyStopping restored them.
+    # Keras' evaluate() after fit: the module holds the best epoch's weights if EarlyStopping restored them.
+    # Not sent to the loggers: their val curves already hold every epoch, and metrics.json holds these numbers.
+    loggers, trainer.loggers = trainer.loggers, []
     val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     early_stopping = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
@@ -80,7 +82,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     }
     if trainer.is_global_zero:
         write_text_atomic(f"{cfg.output_dir}/metrics.json", json.dumps(metrics, indent=2) + "\n")
-        log_hyperparameters(trainer.loggers, cfg, metrics)
+        log_hyperparameters(loggers, cfg, metrics)
     log.info(
         "val_accuracy %.4f  test_accuracy %.4f  (val_loss %.4f, test_loss %.4f, %d epochs, %s)",
         metrics["val_accuracy"],
