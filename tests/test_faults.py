@@ -184,12 +184,13 @@ def test_nothing_is_written_when_the_loss_diverges_in_the_first_epoch(runs):
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "history.csv").exists()
 
 
-def test_runs_killed_at_random_moments_leave_loadable_files_and_resume(tmp_path, idx_dir):
-    """SIGKILL five runs at random moments while they write two checkpoints and history.csv every ~0.1 s."""
+def test_runs_killed_mid_write_or_at_random_moments_leave_loadable_files_and_resume(tmp_path, idx_dir):
+    """SIGKILL five runs once they have a checkpoint: three the moment a new checkpoint's temp file appears (inside
+    a write), two at a random moment within the next 2 s."""
     rng = random.Random()
     run_dirs = [tmp_path / f"run{i}" for i in range(5)]
     overrides = [
-        "model=mlp",
+        "model=dense512",  # 5 MB checkpoints (weights + Adam's moments) and short epochs: long writes, often
         "callbacks=default",
         "trainer.max_epochs=1000",
         f"data.idx_dir={idx_dir}",
@@ -197,22 +198,28 @@ def test_runs_killed_at_random_moments_leave_loadable_files_and_resume(tmp_path,
         "data.download=false",
     ]
     processes = [start("train.py", f"hydra.run.dir={run_dir}", *overrides) for run_dir in run_dirs]
-    kill_at = [math.inf] * len(processes)  # each run dies at a random moment within 1 s of its first checkpoint
+    kill_at = [math.inf] * len(processes)
     deadline = time.monotonic() + 300
     try:
         while any(process.poll() is None for process in processes) and time.monotonic() < deadline:
+            now = time.monotonic()
             for i, (process, run_dir) in enumerate(zip(processes, run_dirs, strict=True)):
-                if kill_at[i] == math.inf and (run_dir / "checkpoints" / "last.ckpt").exists():
-                    kill_at[i] = time.monotonic() + rng.uniform(0, 1.0)
-                if time.monotonic() > kill_at[i]:
+                checkpoints = run_dir / "checkpoints"
+                if kill_at[i] == math.inf and (checkpoints / "last.ckpt").exists():
+                    if i >= 3:
+                        kill_at[i] = now + rng.uniform(0, 2.0)
+                    elif any(checkpoints.glob(".*.tmp")):
+                        kill_at[i] = now
+                if now >= kill_at[i]:
                     process.send_signal(signal.SIGKILL)
-            time.sleep(0.02)
+            time.sleep(0.005)
     finally:
         for process in processes:
             process.kill()
     for process in processes:
         _, stderr = process.communicate()
         assert process.returncode == -signal.SIGKILL, stderr
+    assert any(any(run_dir.glob("checkpoints/.*.tmp")) for run_dir in run_dirs[:3])  # a kill hit a write
     assert sum(assert_outputs_intact(run_dir) for run_dir in run_dirs) >= 2 * len(run_dirs)  # best + last each
 
     # The work is not lost: the first run resumes from its last.ckpt and finishes.
