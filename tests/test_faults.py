@@ -24,7 +24,7 @@ from hgmldl.callbacks import HISTORY_COLUMNS
 from hgmldl.errors import UserError
 from hgmldl.io import AtomicCheckpointIO, write_text_atomic
 from hgmldl.module import Classifier
-from hgmldl.train import run
+from hgmldl.train import build_trainer, run
 from tests.conftest import ROOT, make_idx_dataset, write_idx
 
 pytestmark = pytest.mark.faults
@@ -255,3 +255,14 @@ def test_a_failed_write_keeps_the_previous_file_and_says_why(tmp_path, monkeypat
     with pytest.raises(UserError, match=f"^cannot write {tmp_path}/best.ckpt: No space left on device$"):
         AtomicCheckpointIO().save_checkpoint({"epoch": 1}, tmp_path / "best.ckpt")
     assert path.read_text() == "epoch\n0\n" and sorted(p.name for p in tmp_path.iterdir()) == ["history.csv"]
+
+
+def test_trainer_writes_checkpoints_by_renaming_a_file_beside_them(make_cfg, tmp_path, monkeypatch):
+    # Lightning's own writer renames a file from the system's temp folder: a copy when that is another file system.
+    assert isinstance(build_trainer(make_cfg()).strategy.checkpoint_io, AtomicCheckpointIO)
+    renames = []
+    replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda src, dst: renames.append((Path(src).parent, dst)) or replace(src, dst))
+    path = tmp_path / "checkpoints" / "best.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"epoch": 3}, path)
+    assert renames == [(path.parent, path)] and torch.load(path, weights_only=True) == {"epoch": 3}
