@@ -129,3 +129,12 @@ def test_missing_data_without_network_fails_fast_and_says_what_to_install(tmp_pa
         "or point data.idx_dir=<folder with the four IDX files (.gz or raw)> (the download failed: timed out)"
     )
     assert socket.getdefaulttimeout() is None
+
+
+def test_a_data_root_under_a_file_is_named(tmp_path):
+    source = make_idx_dataset(tmp_path / "src", num_train=30, num_test=10)
+    (tmp_path / "file").write_text("")
+    data = FashionMNISTDataModule(root=str(tmp_path / "file" / "root"), idx_dir=str(source), download=False)
+    with pytest.raises(UserError) as error:
+        data.prepare_data()
+    assert str(error.value) == f"cannot write {data.raw_dir}/train-images-idx3-ubyte: Not a directory"
