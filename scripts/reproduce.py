@@ -65,8 +65,8 @@ ANCHORS: dict[str, list[Anchor]] = {
     "ch7_2_adam": [Anchor("val_accuracy", 0.8726, "evaluate(val); TF 2.14 run 0.8763")],
     "ch7_2_optimizers": [Anchor("val_accuracy", None, "the book only compiles these")],
     "ch7_3_overfit": [
-        Anchor("min_val_loss", 0.38, "plot: val_loss bottoms ≈0.38 near epoch index 2"),
-        Anchor("min_val_loss_epoch", 2, "its 0-based epoch"),
+        Anchor("val_loss[2]", 0.38, "plot: val_loss bottoms ≈0.38 near epoch index 2"),
+        Anchor("min_val_loss_epoch", 2, "0-based epoch of the lowest val_loss"),
         Anchor("val_loss", 0.55, "plot: ≈0.55 at epoch index 19"),
     ],
     "ch7_3_dropout": [Anchor("val_loss", 0.325, "plot: val_loss flat ≈0.32–0.33")],
@@ -172,14 +172,16 @@ def run_job(job: Job, seeds: list[int], overrides: list[str], runs_dir: Path, tr
                 *overrides,
             ],
         )
-        finished = output_dir / "metrics.json"
+        finished, failed = output_dir / "metrics.json", output_dir / "error.txt"
         if not (train or finished.exists()):
+            job.error = failed.read_text().strip() if failed.exists() else job.error
             continue
         print(f"{job.name} seed={seed} → {output_dir}", flush=True)
         try:  # a finished run in --runs-dir is reused: an interrupted reproduction goes on where it stopped
             metrics = json.loads(finished.read_text()) if finished.exists() else run(cfg)
         except UserError as error:
             job.error = " ".join(str(error).split())  # one line for the table
+            write_text_atomic(failed, job.error + "\n")  # for --report-only; a new run tries again
             print(f"  not run: {error}", flush=True)
             return
         history = read_history(output_dir / "history.csv") if (output_dir / "history.csv").exists() else []
@@ -191,12 +193,13 @@ def run_job(job: Job, seeds: list[int], overrides: list[str], runs_dir: Path, tr
 
 
 def scores(metrics: dict[str, Any], history: list[dict[str, float]]) -> dict[str, Any]:
-    """metrics.json, plus what the book reads off its History: last-epoch train accuracy, the lowest val_loss."""
+    """metrics.json, plus what the book reads off its History plots: val_loss[epoch], the epoch of the lowest
+    val_loss, the last epoch's train accuracy."""
     result = dict(metrics)
     if history:
         lowest = min(history, key=lambda row: row["val_loss"])
-        result |= {"accuracy": history[-1]["accuracy"], "min_val_loss": lowest["val_loss"]}
-        result["min_val_loss_epoch"] = int(lowest["epoch"])
+        result |= {f"val_loss[{int(row['epoch'])}]": row["val_loss"] for row in history}
+        result |= {"accuracy": history[-1]["accuracy"], "min_val_loss_epoch": int(lowest["epoch"])}
         result["epoch_time"] = statistics.mean(row["time"] for row in history)
     return result
 
@@ -263,7 +266,7 @@ def device() -> str:
     models = [
         line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
     ]
-    return f"CPU: {models[0] if models else platform.machine()}, {torch.get_num_threads()} threads"
+    return f"CPU: {models[0] if models else platform.machine()}, torch threads: {torch.get_num_threads()}"
 
 
 if __name__ == "__main__":
