@@ -147,7 +147,7 @@ class SideBySide(L.Callback):
         self.plain["val_accuracy"].append(history["val_accuracy"])
 
 
-def run_model(model: str, epochs: int, work_dir: Path, extra: list[str]) -> dict[str, Any]:
+def run_model(model: str, epochs: int, work_dir: Path, extra: list[str], threads: int | None) -> dict[str, Any]:
     """One `python train.py` process with SideBySide; returns its timings, start-up and peak RSS."""
     optimizer, batch_size = MODELS[model]
     out = work_dir / f"{model}.json"
@@ -168,6 +168,8 @@ def run_model(model: str, epochs: int, work_dir: Path, extra: list[str]) -> dict
     env = os.environ | {
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "scripts"), os.environ.get("PYTHONPATH")]))
     }
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads, for both sides
     load = os.getloadavg()[0]
     with open(work_dir / f"{model}.log", "w") as log:
         launched_at = time.time()
@@ -229,6 +231,12 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5, help="epochs per side; the median skips the first")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch's CPU threads (default: torch's own, one per core); 1 keeps a machine that other jobs load "
+        "from stalling every parallel op on a descheduled thread",
+    )
+    parser.add_argument(
         "--quick", action="store_true", help="2 epochs on generated data (needs --idx-dir): a smoke test"
     )
     parser.add_argument("--idx-dir", help="train on the four IDX files in this folder instead of Fashion-MNIST")
@@ -244,7 +252,7 @@ def main() -> None:
         if args.idx_dir:
             extra = [f"data.idx_dir={Path(args.idx_dir).resolve()}", f"data.root={work}/data", "data.download=false"]
         for model in args.models:
-            results.append(run_model(model, epochs, Path(work), extra))
+            results.append(run_model(model, epochs, Path(work), extra, args.threads))
             print(f"{model}: ratio {results[-1]['ratio']:.2f}", file=sys.stderr, flush=True)
     report = {
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

@@ -21,7 +21,7 @@ BENCHMARK = [sys.executable, "scripts/benchmark.py"]
 
 def test_quick_benchmark_runs_both_sides_for_the_same_updates(tmp_path, idx_dir):
     out = tmp_path / "bench.json"
-    command = [*BENCHMARK, "--quick", "--idx-dir", str(idx_dir), "--models", "cnn", "--out", str(out)]
+    command = [*BENCHMARK, "--quick", "--idx-dir", str(idx_dir), "--models", "cnn", "--threads", "1", "--out", str(out)]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
@@ -40,6 +40,7 @@ def test_quick_benchmark_runs_both_sides_for_the_same_updates(tmp_path, idx_dir)
             assert timings["updates_per_s"] == pytest.approx(updates / 2 / timings["median_s"])
             assert 0 <= timings["val_accuracy"] <= 1
         assert r["ratio"] == pytest.approx(r["hgmldl"]["median_s"] / r["plain"]["median_s"])
+        assert r["threads"] == 1
         assert r["startup_s"] > 0
         assert r["peak_rss_mb"]["process"] >= r["peak_rss_mb"]["hgmldl"] > 0
         assert f"| {r['model']} ({r['batch_size']}) | {r['hgmldl']['median_s']:.2f} " in result.stdout

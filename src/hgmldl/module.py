@@ -142,7 +142,7 @@ class Classifier(L.LightningModule):
     def _log_epoch_metrics(self, stage: str) -> None:
         """Hands the metric objects to Lightning once per epoch: the steps only update them, and at the epoch end
         Lightning computes, logs and resets them, reduced across processes under DDP. Logging them from every step
-        gives the same numbers but costs ~1 ms per call (Lightning moves the whole metric to the device each time)."""
+        gives the same numbers but costs milliseconds per call (Lightning moves the whole metric to the device)."""
         prefix = STAGE_PREFIX[stage]
         for name in (f"{prefix}loss", f"{prefix}accuracy"):
             self.log(name, self.epoch_metrics[name], on_step=False, on_epoch=True, prog_bar=True)
