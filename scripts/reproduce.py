@@ -231,7 +231,7 @@ def report(jobs: list[Job], seeds: list[int], started: datetime.datetime, argv: 
         "|---|---|---|---|---|---|---|---|",
         *(table_row(job) for job in jobs),
     ]
-    errors = [f"- {job.name}: `error: {job.error}`" for job in jobs if job.error]
+    errors = [f"- {job.name}: `` error: {job.error} ``" for job in jobs if job.error]  # `` as the message may hold `
     return "\n".join([*lines, *(["", "Not run:", "", *errors] if errors else [])]) + "\n"
 
 

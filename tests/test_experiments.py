@@ -174,7 +174,7 @@ def test_reproduction_reports_a_preset_that_cannot_run(reproduce, tmp_path):
     report = (tmp_path / "RESULTS.md").read_text()
     [row] = table_rows(report)
     assert row[3] == "not run (error below)"
-    assert f"- dlp2_ch2_mnist: `error: MNIST IDX files not found in {tmp_path / 'MNIST' / 'raw'}" in report
+    assert f"- dlp2_ch2_mnist: `` error: MNIST IDX files not found in {tmp_path / 'MNIST' / 'raw'}" in report
     reproduce("--report-only", "--only", "dlp2_ch2_mnist", *options[:4])  # the failure is remembered, not retried
     assert (tmp_path / "RESULTS.md").read_text().split("UTC.")[1] == report.split("UTC.")[1]
 
