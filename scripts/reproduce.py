@@ -243,7 +243,10 @@ def table_row(job: Job) -> str:
         return f"| {job.name} | `{job.command}` | {book} | {ours} | | | | |"
     ours = []
     for anchor in anchors:
-        values = [score[anchor.key] for score in job.scores]
+        values = [score[anchor.key] for score in job.scores if anchor.key in score]
+        if not values:  # e.g. val_loss[2] of a run shorter than 3 epochs (--quick)
+            ours.append(f"{anchor.key} –")
+            continue
         digits = 1 if all(isinstance(value, int) for value in values) else 4  # epochs, or accuracies and losses
         spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
         ours.append(f"{anchor.key} {statistics.mean(values):.{digits}f}{spread} (n={len(values)})")

@@ -138,12 +138,18 @@ def table_rows(report: str) -> list[list[str]]:
 
 
 def test_quick_reproduction_writes_a_table_of_every_job(reproduce, tmp_path, idx_dir):
-    presets = ["ch7_1_sgd_baseline", "ch7_1_softmax", "ch7_2_optimizers", "ch8_2_cnn"]
+    presets = ["ch7_1_sgd_baseline", "ch7_1_softmax", "ch7_2_optimizers", "ch7_3_overfit", "ch8_2_cnn"]
     common = [f"data.idx_dir={idx_dir}", f"data.root={tmp_path / 'data'}", "data.download=false"]
     reproduce("--quick", "--only", *presets, "--out", tmp_path, "--runs-dir", tmp_path / "runs", *common)
     rows = table_rows((tmp_path / "RESULTS.md").read_text())
     optimizers = [f"ch7_2_optimizers optimizer={name}" for name in ("sgd", "nesterov", "adagrad", "rmsprop", "adam")]
-    assert [row[0] for row in rows] == ["ch7_1_sgd_baseline", "ch7_1_softmax", *optimizers, "ch8_2_cnn"]
+    assert [row[0] for row in rows] == [
+        "ch7_1_sgd_baseline",
+        "ch7_1_softmax",
+        *optimizers,
+        "ch7_3_overfit",
+        "ch8_2_cnn",
+    ]
     assert all(len(row) == 8 and row[-1] == "cpu" for row in rows)
     softmax = json.loads((tmp_path / "runs" / "ch7_1_softmax" / "seed42" / "metrics.json").read_text())
     assert rows[1][1] == "`python train.py experiment=ch7_1_softmax`"
@@ -152,8 +158,15 @@ def test_quick_reproduction_writes_a_table_of_every_job(reproduce, tmp_path, idx
     cnn = json.loads((tmp_path / "runs" / "ch8_2_cnn" / "seed42" / "metrics.json").read_text())
     ours = f"val_accuracy {cnn['val_accuracy']:.4f} (n=1)<br>test_accuracy {cnn['test_accuracy']:.4f} (n=1)"
     assert rows[-1][3] == ours
+    overfit = json.loads((tmp_path / "runs" / "ch7_3_overfit" / "seed42" / "metrics.json").read_text())
+    assert rows[-2][3] == f"val_loss[2] –<br>min_val_loss_epoch 0.0 (n=1)<br>val_loss {overfit['val_loss']:.4f} (n=1)"
     curves = sorted(path.name for path in (tmp_path / "curves").iterdir())
-    assert curves == ["ch7_1_softmax.png", "ch7_2_optimizers.png", "ch8_2_cnn.png"]  # the baseline has no epochs
+    assert curves == [
+        "ch7_1_softmax.png",
+        "ch7_2_optimizers.png",
+        "ch7_3_overfit.png",
+        "ch8_2_cnn.png",
+    ]  # the baseline has no epochs
     assert (tmp_path / "curves" / "ch8_2_cnn.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     # Again on the same runs dir: the finished run is reused, not trained again; hand-written notes stay.
