@@ -52,9 +52,9 @@ class EarlyStopping(early_stopping.EarlyStopping):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.restore_best_weights and self.best_weights is not None:
             pl_module.load_state_dict(self.best_weights)
-            log.info(
-                "Restored the weights of epoch %d (best %s %.4f)",
-                self.best_epoch,
+            log.info(  # 1-based like Keras' message and the epoch lines; best_epoch itself is 0-based like History
+                "Restored the weights from the end of the best epoch: %d (%s %.4f)",
+                self.best_epoch + 1,
                 self.monitor,
                 self.best_score,
             )
