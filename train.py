@@ -10,23 +10,18 @@ import hydra
 from omegaconf import DictConfig
 
 from hgmldl.config import register_configs, resume_overrides
-from hgmldl.errors import UserError
+from hgmldl.errors import one_line_errors
 from hgmldl.train import run
 
 register_configs(Path(__file__).parent / "experiments")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@one_line_errors
 def main(cfg: DictConfig) -> float:
-    try:
-        return run(cfg)["val_accuracy"]  # what a Hydra sweeper maximises
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    return run(cfg)["val_accuracy"]  # what a Hydra sweeper maximises
 
 
 if __name__ == "__main__":
-    try:
-        sys.argv[1:] = resume_overrides(sys.argv[1:])  # resume=<run dir>: that run's config, in its folder
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    sys.argv[1:] = one_line_errors(resume_overrides)(sys.argv[1:])  # resume=<run dir>: that run's config, in its folder
     main()

@@ -4,14 +4,13 @@
 Options: conf/show_data.yaml (`data=mnist`, `classes=ko`); the PNG goes to the Hydra run dir.
 """
 
-import sys
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
 from hgmldl.config import register_configs
-from hgmldl.errors import UserError
+from hgmldl.errors import one_line_errors
 from hgmldl.inspection import show_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,11 +18,9 @@ register_configs(ROOT / "experiments")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="show_data")
+@one_line_errors
 def main(cfg: DictConfig) -> None:
-    try:
-        show_data(cfg)
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    show_data(cfg)
 
 
 if __name__ == "__main__":
