@@ -125,7 +125,7 @@ def test_missing_data_without_network_fails_fast_and_says_what_to_install(tmp_pa
     with server, pytest.raises(UserError) as error:
         data.prepare_data()
     assert str(error.value) == (
-        f"FashionMNIST IDX files not found in {data.raw_dir} or -: run `apt-get install dataset-fashion-mnist` "
+        f"FashionMNIST IDX files not found in {data.raw_dir}: run `apt-get install dataset-fashion-mnist` "
         "or point data.idx_dir=<folder with the four IDX files (.gz or raw)> (the download failed: timed out)"
     )
     assert socket.getdefaulttimeout() is None

@@ -106,7 +106,7 @@ def test_sgd_baseline_without_scikit_learn_says_what_to_install(make_cfg, monkey
 
 def test_mnist_preset_offline_names_the_missing_files_and_the_fix(make_cfg, tmp_path):
     cfg = make_cfg("experiment=dlp2_ch2_mnist", "data.idx_dir=null")  # no MNIST anywhere, no download
-    missing = f"MNIST IDX files not found in {tmp_path / 'data' / 'MNIST' / 'raw'} or -: "
+    missing = f"MNIST IDX files not found in {tmp_path / 'data' / 'MNIST' / 'raw'}: "
     with pytest.raises(
         UserError, match=rf"^{re.escape(missing)}.* point data\.idx_dir=<folder with the four IDX files"
     ):

@@ -101,7 +101,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
     dataset_class = torchvision.datasets.FashionMNIST
     system_dirs = ("/usr/share/datasets/fashion-mnist",)  # apt-get install dataset-fashion-mnist
-    install_hint = "apt-get install dataset-fashion-mnist"
+    install_hint = "run `apt-get install dataset-fashion-mnist`"
 
     def __init__(
         self,
@@ -183,10 +183,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self._check()
 
     def _missing_message(self) -> str:
-        where = f"{self.raw_dir}, {self.idx_dir}" if self.idx_dir else str(self.raw_dir)
+        searched = ", ".join(map(str, [self.raw_dir, *([self.idx_dir] if self.idx_dir else []), *self.system_dirs]))
         return (
-            f"{self.dataset_class.__name__} IDX files not found in {where} or {', '.join(self.system_dirs) or '-'}: "
-            f"run `{self.install_hint}` or point data.idx_dir=<folder with the four IDX files (.gz or raw)>"
+            f"{self.dataset_class.__name__} IDX files not found in {searched}: "
+            f"{self.install_hint} or point data.idx_dir=<folder with the four IDX files (.gz or raw)>"
         )
 
     def setup(self, stage: str) -> None:
@@ -248,7 +248,7 @@ class MNISTDataModule(FashionMNISTDataModule):
 
     dataset_class = torchvision.datasets.MNIST
     system_dirs = ()
-    install_hint = "python train.py data=mnist (with internet access, torchvision downloads MNIST)"
+    install_hint = "connect to the internet (torchvision then downloads MNIST; data.download=true)"
 
 
 class TensorBatches:
