@@ -7,19 +7,16 @@ failed. Useful after a sweep that a failed job stopped, or one run before this s
 """
 
 import argparse
-import sys
 
-from hgmldl.errors import UserError
+from hgmldl.errors import one_line_errors
 from hgmldl.sweep import summarize
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep_dir", help="a Hydra multirun folder (the one holding multirun.yaml)")
-    try:
-        summarize(parser.parse_args().sweep_dir)
-    except UserError as error:
-        sys.exit(f"error: {error}")
+    summarize(parser.parse_args().sweep_dir)
 
 
 if __name__ == "__main__":

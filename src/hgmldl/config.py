@@ -2,7 +2,6 @@
 checks that reject a bad value before any data is loaded."""
 
 import math
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
@@ -15,7 +14,7 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from hgmldl.errors import UserError
+from hgmldl.errors import UserError, one_line_errors
 from hgmldl.io import check_output_dir
 
 
@@ -154,7 +153,4 @@ class CheckOutputDir(Callback):
 
     @staticmethod
     def _check(path: str) -> None:
-        try:
-            check_output_dir(path)
-        except UserError as error:
-            sys.exit(f"error: {error}")
+        one_line_errors(check_output_dir)(path)
