@@ -32,7 +32,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from hgmldl.config import register_configs
 from hgmldl.errors import UserError
-from hgmldl.io import write_text_atomic
+from hgmldl.files import write_text_atomic
 from hgmldl.train import run
 from hgmldl.viz import plot_history, read_history, save_figure
 

@@ -22,7 +22,7 @@ import torch
 
 from hgmldl.callbacks import HISTORY_COLUMNS
 from hgmldl.errors import UserError
-from hgmldl.io import AtomicCheckpointIO, write_text_atomic
+from hgmldl.files import AtomicCheckpointIO, write_text_atomic
 from hgmldl.module import Classifier
 from hgmldl.train import build_trainer, run
 from tests.conftest import ROOT, make_idx_dataset, write_idx

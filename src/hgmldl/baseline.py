@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from hgmldl.errors import UserError
-from hgmldl.io import write_text_atomic
+from hgmldl.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import early_stopping
 
 from hgmldl.errors import UserError
-from hgmldl.io import write_text_atomic
+from hgmldl.files import write_text_atomic
 from hgmldl.viz import plot_history, save_figure
 
 log = logging.getLogger(__name__)

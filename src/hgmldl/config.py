@@ -15,7 +15,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from hgmldl.errors import UserError, one_line_errors
-from hgmldl.io import check_output_dir
+from hgmldl.files import check_output_dir
 
 
 class Init(Enum):

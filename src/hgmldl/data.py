@@ -20,7 +20,7 @@ import torchvision
 from torch.utils.data import DistributedSampler
 
 from hgmldl.errors import UserError
-from hgmldl.io import open_atomic
+from hgmldl.files import open_atomic
 
 log = logging.getLogger(__name__)
 

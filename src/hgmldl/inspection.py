@@ -23,7 +23,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 
 from hgmldl.data import IMAGE_SIZE, NUM_CLASSES, FashionMNISTDataModule
 from hgmldl.errors import UserError
-from hgmldl.io import write_text_atomic
+from hgmldl.files import write_text_atomic
 from hgmldl.models import keras_init_
 from hgmldl.saving import check_readable, describe, load_checkpoint
 from hgmldl.viz import (

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hgmldl.config import override_key
 from hgmldl.errors import UserError
-from hgmldl.io import write_text_atomic
+from hgmldl.files import write_text_atomic
 from hgmldl.viz import plot_history, read_history, save_figure
 
 # The metrics.json numbers of each job, in the table's column order; the table is sorted by the first one.

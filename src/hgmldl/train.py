@@ -19,7 +19,7 @@ from hgmldl.baseline import cross_validate_baseline
 from hgmldl.callbacks import EarlyStopping
 from hgmldl.config import check_config
 from hgmldl.errors import UserError
-from hgmldl.io import write_text_atomic
+from hgmldl.files import write_text_atomic
 from hgmldl.module import Classifier
 from hgmldl.saving import describe, load_checkpoint
 
