@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import logging
-import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from torchmetrics.functional.classification import multiclass_confusion_matrix
 from hgmldl.data import IMAGE_SIZE, NUM_CLASSES, FashionMNISTDataModule
 from hgmldl.errors import UserError
 from hgmldl.files import write_text_atomic
+from hgmldl.hangul import padded
 from hgmldl.models import keras_init_
 from hgmldl.saving import check_readable, describe, load_checkpoint
 from hgmldl.viz import (
@@ -77,12 +77,6 @@ def _device() -> torch.device:
 def _dataset_classes(cfg: DictConfig) -> tuple[FashionMNISTDataModule, list[str]]:
     datamodule = instantiate(cfg.data)
     return datamodule, class_names(datamodule.dataset_class.__name__, cfg.classes)
-
-
-def padded(name: str, width: int = 12) -> str:
-    """`name` padded to `width` terminal columns: Hangul takes two columns each, so str.ljust misaligns tables."""
-    columns = sum(2 if unicodedata.east_asian_width(char) in "WF" else 1 for char in name)
-    return name + " " * max(width - columns, 0)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
