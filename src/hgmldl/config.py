@@ -55,6 +55,7 @@ class TrainSchema:
     callbacks: Any = field(default_factory=dict)
     logger: Any = None
     baseline: Any = None  # an estimator config: run() cross-validates it instead (7-1's SGD baseline)
+    book: Any = None  # a preset's book numbers and bands: scripts/reproduce.py reads them, training does not
 
 
 def register_configs(experiments_dir: Path) -> None:

@@ -4,12 +4,21 @@ The final Dense(10, activation='softmax') is a plain Linear: its softmax lives i
 logits), which is what Keras' softmax + sparse_categorical_crossentropy computes.
 """
 
+from collections import Counter
 from collections.abc import Sequence
 
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 NUM_PIXELS, NUM_CLASSES = 28 * 28, 10
+# The Keras layer each torch layer stands for, and the name Keras gives it (numbered per kind: conv2d, conv2d_1, …).
+KERAS_LAYERS = {
+    nn.Conv2d: ("Conv2D", "conv2d"),
+    nn.MaxPool2d: ("MaxPooling2D", "max_pooling2d"),
+    nn.Flatten: ("Flatten", "flatten"),
+    nn.Linear: ("Dense", "dense"),
+    nn.Dropout: ("Dropout", "dropout"),
+}
 
 
 def activation_layer(name: str) -> nn.Module:
@@ -75,3 +84,41 @@ def keras_init_(net: nn.Module) -> nn.Module:
             nn.init.xavier_uniform_(layer.weight)
             nn.init.zeros_(layer.bias)
     return net
+
+
+def keras_layers(net: nn.Sequential) -> dict[str, slice]:
+    """Keras' `model.layers`, in order: each layer's Keras name and the slice of `net` that computes it.
+
+    Keras fuses the activation into Conv2D and Dense; here it is the module after them, so it joins that layer's
+    slice. Names are numbered per kind, as Keras numbers them in a fresh session and in its weights files.
+    For the CNN: conv2d = net[0:2], max_pooling2d = net[2:3], conv2d_1 = net[3:5], …, dense_1 = net[10:11].
+    """
+    layers: dict[str, slice] = {}
+    counts: Counter[str] = Counter()
+    for index, layer in enumerate(net):
+        if isinstance(layer, tuple(ACTIVATIONS.values())) and layers:
+            last = next(reversed(layers))
+            layers[last] = slice(layers[last].start, index + 1)
+            continue
+        kind = KERAS_LAYERS[type(layer)][1]
+        layers[kind if not counts[kind] else f"{kind}_{counts[kind]}"] = slice(index, index + 1)
+        counts[kind] += 1
+    return layers
+
+
+def feature_extractor(model: nn.Module, layer: int | str) -> nn.Sequential:
+    """8-3's `keras.Model(model.inputs, model.layers[i].output)`: the network up to Keras layer `layer` included.
+
+    `layer` is the book's index into `model.layers` (0 = the first Conv2D, 2 = the second) or the layer's Keras
+    name (`conv2d`, `conv2d_1`, see `keras_layers`). The result shares the model's modules, so it computes with
+    the trained weights: `feature_extractor(module, 0)(images)` gives conv1's maps after ReLU, (N, 32, 28, 28).
+    The last Dense gives logits: its softmax lives in the loss (see the module docstring).
+    """
+    net = getattr(model, "net", model)  # a Classifier or its nn.Sequential
+    layers = keras_layers(net)
+    names = list(layers)
+    if isinstance(layer, int) and -len(names) <= layer < len(names):
+        layer = names[layer]
+    if layer not in layers:
+        raise ValueError(f"layer {layer!r} is not one of the model's layers: 0-{len(names) - 1} or {', '.join(names)}")
+    return net[: layers[layer].stop]
