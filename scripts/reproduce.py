@@ -42,7 +42,7 @@ QUICK = [
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
     "trainer.limit_val_batches=1",
-    "data.batches_per_step=2",
+    "steps_per_execution=2",
 ]
 
 

@@ -61,7 +61,7 @@ def make_cfg(idx_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
                     f"data.root={tmp_path / 'data'}",
                     f"data.idx_dir={idx_dir}",
                     "data.download=false",
-                    "data.batches_per_step=4",
+                    "steps_per_execution=4",
                     "trainer.max_epochs=2",
                     "trainer.accelerator=cpu",
                     "trainer.devices=1",

@@ -94,7 +94,7 @@ def test_wrong_magic_names_the_file(tmp_path):
 
 def test_batches_cover_the_data_and_reshuffle_each_epoch():
     images, labels = torch.arange(100.0).reshape(100, 1, 1, 1), torch.arange(100)
-    batches = TensorBatches(images, labels, batch_size=32, batches_per_step=2, shuffle=True, seed=7)
+    batches = TensorBatches(images, labels, batch_size=32, steps_per_execution=2, shuffle=True, seed=7)
     assert len(batches) == 2
     steps = list(batches)
     assert [len(step) for step in steps] == [2, 2] and [len(y) for _, y in steps[1]] == [32, 4]

@@ -22,7 +22,7 @@ def test_two_process_cpu_ddp_fit_logs_one_set_of_metrics(tmp_path, idx_dir):
         f"data.idx_dir={idx_dir}",
         f"data.root={tmp_path / 'data'}",
         "data.download=false",
-        "data.batches_per_step=2",
+        "steps_per_execution=2",
     ]
     options = ["model=softmax", "callbacks=default", "logger=csv", "trainer.max_epochs=2"]
     result = subprocess.run(

@@ -51,7 +51,7 @@ def cnn_run(make_cfg, cnn_dir):
     """The run folder of a CNN trained for 2 epochs of one update; the first test that asks trains it."""
     if not (cnn_dir / "metrics.json").exists():
         # Two updates per epoch: enough to move the weights, too few to get every class right (as a test needs).
-        steps = ("trainer.limit_train_batches=1", "data.batches_per_step=1")
+        steps = ("trainer.limit_train_batches=1", "steps_per_execution=1")
         run(make_cfg("model=cnn", *steps, "callbacks=default", "logger=tensorboard_full", output_dir=cnn_dir))
     return cnn_dir
 

@@ -52,7 +52,7 @@ def test_sigterm_mid_epoch_leaves_a_last_ckpt_that_resume_continues(tmp_path, id
     data = [f"data.idx_dir={idx_dir}", f"data.root={tmp_path / 'data'}", "data.download=false"]
     # Many small steps per epoch (100 of one minibatch of 4), so the signal lands inside an epoch, most likely.
     model = ["model=mlp", "model.hidden_units=50"]  # 39,760 parameters
-    options = [*model, "data.batch_size=4", "data.batches_per_step=1", "callbacks=default", "logger=csv", *data]
+    options = [*model, "data.batch_size=4", "steps_per_execution=1", "callbacks=default", "logger=csv", *data]
     command = [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *options, "trainer.enable_progress_bar=false"]
     process = subprocess.Popen(
         [*command, "trainer.max_epochs=1000"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -1,4 +1,5 @@
-"""The Keras callbacks Lightning lacks: EarlyStopping's restore_best_weights, History, and TerminateOnNaN."""
+"""The callbacks Lightning lacks: Keras' EarlyStopping restore_best_weights, History and TerminateOnNaN, the random
+state in checkpoints, and per-class accuracy with the confusion matrix for evaluate.py."""
 
 import csv
 import io
@@ -9,15 +10,18 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import early_stopping
+from lightning.pytorch.callbacks import TQDMProgressBar, early_stopping
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from hgmldl.errors import UserError
 from hgmldl.files import write_text_atomic
+from hgmldl.models import NUM_CLASSES
 from hgmldl.viz import plot_history, save_figure
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "time"]
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time"]  # lr: with a scheduler
 
 
 class EarlyStopping(early_stopping.EarlyStopping):
@@ -85,13 +89,17 @@ class History(L.Callback):
         row = {"epoch": trainer.current_epoch, "time": round(time.perf_counter() - self._epoch_start, 3)}
         row |= {name: float(metrics[name]) for name in HISTORY_COLUMNS if name in metrics}
         self.rows.append(row)
-        if trainer.is_global_zero:
-            text = io.StringIO()
-            writer = csv.DictWriter(text, HISTORY_COLUMNS, extrasaction="ignore", lineterminator="\n")
-            writer.writeheader()
-            writer.writerows(self.rows)
-            write_text_atomic(self.path, text.getvalue())
-        scores = " - ".join(f"{name}: {row[name]:.4f}" for name in HISTORY_COLUMNS[1:-1] if name in row)
+        if not trainer.is_global_zero:  # under DDP: one file, one line per epoch
+            return
+        text = io.StringIO()
+        columns = [name for name in HISTORY_COLUMNS if name in row]
+        writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text_atomic(self.path, text.getvalue())
+        scores = " - ".join(
+            f"{name}: {row[name]:.4g}" if name == "lr" else f"{name}: {row[name]:.4f}" for name in columns[1:-1]
+        )
         log.info("Epoch %d/%d - %.1fs - %s", row["epoch"] + 1, trainer.max_epochs, row["time"], scores)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -139,3 +147,61 @@ class RandomState(L.Callback):
         torch.set_rng_state(state_dict["cpu"])
         if state_dict["cuda"] is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(state_dict["cuda"])
+
+
+class ClassMetrics(L.Callback):
+    """Per-class accuracy and the confusion matrix of each validation and test run, as torchmetrics computes them
+    (summed over the batches, and over the processes under DDP): what evaluate.py adds to Keras' evaluate.
+
+    After `trainer.validate` / `trainer.test`, `results["val"]` / `results["test"]` hold both, on the CPU.
+    """
+
+    def __init__(self, num_classes: int = NUM_CLASSES) -> None:
+        self.metrics = MetricCollection(
+            {
+                "per_class_accuracy": MulticlassAccuracy(num_classes, average=None),
+                "confusion_matrix": MulticlassConfusionMatrix(num_classes),
+            }
+        )
+        self.results: dict[str, dict[str, torch.Tensor]] = {}
+
+    def _update(self, pl_module: L.LightningModule, batch: Any) -> None:
+        images, labels = batch
+        self.metrics.to(labels.device).update(pl_module(images).argmax(dim=1), labels)
+
+    def _compute(self, stage: str) -> None:
+        self.results[stage] = {name: value.cpu() for name, value in self.metrics.compute().items()}
+        self.metrics.reset()
+
+    def on_validation_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *args: Any
+    ) -> None:
+        if not trainer.sanity_checking:
+            self._update(pl_module, batch)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._compute("val")
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *args: Any
+    ) -> None:
+        self._update(pl_module, batch)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._compute("test")
+
+
+class UpdatesProgressBar(TQDMProgressBar):
+    """TQDM's bar counting minibatch updates, as Keras' progress bar does (1500/1500 at batch 32), also when one
+    Lightning step runs several of them (steps_per_execution)."""
+
+    @property
+    def total_train_batches(self) -> int | float:
+        return self.trainer.train_dataloader.num_minibatches
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        updates = min((batch_idx + 1) * pl_module.steps_per_execution, self.total_train_batches)
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, updates - 1)

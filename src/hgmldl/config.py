@@ -32,7 +32,6 @@ class DataSchema:
     idx_dir: str | None = None
     batch_size: int = 32
     eval_batch_size: int = 1000
-    batches_per_step: int = 50
     seed: int = "${seed}"  # type: ignore[assignment]  # interpolation, resolved to an int
     download: bool = True
 
@@ -43,6 +42,7 @@ class TrainSchema:
 
     seed: int = 42
     init: Init = Init.keras
+    steps_per_execution: int = 50
     compile: bool = False
     ckpt_path: str | None = None
     resume: str | None = None
@@ -51,6 +51,7 @@ class TrainSchema:
     model: Any = MISSING
     activation: Any = field(default_factory=dict)
     optimizer: Any = MISSING
+    scheduler: Any = field(default_factory=dict)
     trainer: Any = MISSING
     callbacks: Any = field(default_factory=dict)
     logger: Any = None
@@ -127,6 +128,8 @@ ALLOWED_VALUES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("model.hidden_units", _widths, "an integer >= 1, or a list of them (one per hidden layer)"),
     ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("data.eval_batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("steps_per_execution", lambda v: _integer(v) and v >= 1, "an integer >= 1 (1: one optimizer update a step)"),
     ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("callbacks.early_stopping.patience", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
 ]

@@ -109,7 +109,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
         idx_dir: str | None = None,
         batch_size: int = 32,
         eval_batch_size: int = 1000,
-        batches_per_step: int = 50,
         seed: int = 42,
         download: bool = True,
     ) -> None:
@@ -118,7 +117,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.idx_dir = Path(idx_dir) if idx_dir else None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.batches_per_step = batches_per_step
         self.seed = seed
         self.download = download
         self.classes: list[str] = list(self.dataset_class.classes)
@@ -209,17 +207,20 @@ class FashionMNISTDataModule(L.LightningDataModule):
         dataset = self.dataset_class(self.root, train=train, download=False)
         return dataset.data.to(device).unsqueeze(1), dataset.targets.to(device)
 
-    def _batches(self, images: torch.Tensor, labels: torch.Tensor, train: bool) -> "TensorBatches":
-        rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+    def _batches(self, images: torch.Tensor, labels: torch.Tensor, train: bool, limit: Any = None) -> "TensorBatches":
+        trainer = self.trainer
         return TensorBatches(
             images,
             labels,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            batches_per_step=self.batches_per_step if train else None,
+            # Keras' steps_per_execution is the module's setting (conf/train.yaml); evaluation runs one batch a step.
+            steps_per_execution=trainer.lightning_module.steps_per_execution if trainer and train else 1,
+            # An integer limit_*_batches counts minibatches, as a user reads it, also when a step holds several.
+            limit=limit if isinstance(limit, int) else None,
             shuffle=train,
             seed=self.seed,
-            rank=rank,
-            world_size=world_size,
+            rank=trainer.global_rank if trainer else 0,
+            world_size=trainer.world_size if trainer else 1,
         )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
@@ -228,7 +229,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return batch
 
     def train_dataloader(self) -> "TensorBatches":
-        return self._batches(self.train_images, self.train_labels, train=True)
+        limit = self.trainer.limit_train_batches if self.trainer else None
+        return self._batches(self.train_images, self.train_labels, train=True, limit=limit)
 
     def val_dataloader(self) -> "TensorBatches":
         return self._batches(self.val_images, self.val_labels, train=False)
@@ -256,8 +258,8 @@ class TensorBatches:
 
     `sampler` is torch's DistributedSampler: it draws each epoch's permutation from (seed, epoch) — Lightning
     calls its `set_epoch`, so a resumed run sees the same order as an uninterrupted one — and gives each DDP
-    rank its own shard. With `batches_per_step` set, each item is a list of that many minibatches: the module
-    makes one optimizer update per minibatch, which spreads Lightning's per-step cost over several of them.
+    rank its own shard. With `steps_per_execution` N > 1 each item is a list of N minibatches (Keras'
+    steps_per_execution): the module makes one optimizer update per minibatch. `limit` caps the minibatches.
     """
 
     batch_sampler = None  # Lightning inspects `sampler` and `batch_sampler` as on a DataLoader
@@ -267,7 +269,8 @@ class TensorBatches:
         images: torch.Tensor,
         labels: torch.Tensor,
         batch_size: int,
-        batches_per_step: int | None = None,
+        steps_per_execution: int = 1,
+        limit: int | None = None,
         shuffle: bool = False,
         seed: int = 0,
         rank: int = 0,
@@ -275,18 +278,21 @@ class TensorBatches:
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size = batch_size
-        self.batches_per_step = batches_per_step
+        self.steps_per_execution = steps_per_execution
         self.sampler = DistributedSampler(
             range(len(labels)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
         )
+        self.num_minibatches = math.ceil(self.sampler.num_samples / batch_size)
+        if limit is not None:
+            self.num_minibatches = min(self.num_minibatches, limit)
 
     def __len__(self) -> int:
-        return math.ceil(self.sampler.num_samples / (self.batch_size * (self.batches_per_step or 1)))
+        return math.ceil(self.num_minibatches / self.steps_per_execution)
 
     def __iter__(self):
         if self.sampler.shuffle or self.sampler.num_replicas > 1:
             # Each minibatch is gathered when its step comes: gathering the whole shuffled epoch up front writes a
-            # fresh 150 MB tensor every epoch, which took 2-3 times as long here as gathering the minibatches.
+            # fresh 150 MB tensor every epoch, which took longer than gathering the minibatches (docs/performance.md).
             order = torch.as_tensor(list(self.sampler), device=self.images.device)
             minibatches = (
                 (self.images.index_select(0, indices), self.labels.index_select(0, indices))
@@ -294,8 +300,9 @@ class TensorBatches:
             )
         else:
             minibatches = zip(self.images.split(self.batch_size), self.labels.split(self.batch_size), strict=True)
-        if self.batches_per_step is None:
+        minibatches = itertools.islice(minibatches, self.num_minibatches)
+        if self.steps_per_execution == 1:
             yield from minibatches
         else:
-            while step := list(itertools.islice(minibatches, self.batches_per_step)):
-                yield step
+            while execution := list(itertools.islice(minibatches, self.steps_per_execution)):
+                yield execution

@@ -1,22 +1,25 @@
 """Training as the book does it: fit with validation, keep the best epoch, then evaluate on val and test."""
 
+import contextlib
 import json
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from hgmldl.baseline import cross_validate_baseline
-from hgmldl.callbacks import EarlyStopping
+from hgmldl.callbacks import EarlyStopping, UpdatesProgressBar
 from hgmldl.config import check_config
 from hgmldl.errors import UserError
 from hgmldl.files import write_text_atomic
@@ -46,6 +49,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     module = Classifier(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) or None,
+        steps_per_execution=cfg.steps_per_execution,
         init=cfg.init.name,
         compile=cfg.compile,
     )
@@ -55,7 +60,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     trainer = build_trainer(cfg)
     try:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        with lightning_errors():
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     except SystemExit:
         # Lightning ends Ctrl-C and SIGTERM (a cluster's pre-emption) after the current step, tidily, with an exit;
         # last.ckpt is still the end of the last whole epoch, from which a resumed run goes on exactly.
@@ -80,27 +86,42 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "params": sum(p.numel() for p in module.parameters()),
         "wall_time": round(time.perf_counter() - start, 2),
     }
-    if trainer.is_global_zero:
+    if trainer.is_global_zero:  # under DDP every process gets here: one file, one line
         write_text_atomic(f"{cfg.output_dir}/metrics.json", json.dumps(metrics, indent=2) + "\n")
         log_hyperparameters(loggers, cfg, metrics)
-    log.info(
-        "val_accuracy %.4f  test_accuracy %.4f  (val_loss %.4f, test_loss %.4f, %d epochs, %s)",
-        metrics["val_accuracy"],
-        metrics["test_accuracy"],
-        metrics["val_loss"],
-        metrics["test_loss"],
-        metrics["epochs"],
-        cfg.output_dir,
-    )
+        log.info(
+            "val_accuracy %.4f  test_accuracy %.4f  (val_loss %.4f, test_loss %.4f, %d epochs, %s)",
+            metrics["val_accuracy"],
+            metrics["test_accuracy"],
+            metrics["val_loss"],
+            metrics["test_loss"],
+            metrics["epochs"],
+            cfg.output_dir,
+        )
     return metrics
 
 
 def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """TensorBoard's HParams tab: the run's choices beside its final numbers, so a sweep's runs compare in one
-    table. The numbers are named final_* to stay apart from the per-epoch curves."""
-    params = {key: OmegaConf.to_container(cfg[key], resolve=True) for key in ("model", "optimizer", "data")}
-    params |= {"seed": cfg.seed, "init": cfg.init.name, "max_epochs": cfg.trainer.max_epochs}
-    final = {f"final_{name}": metrics[name] for name in ("val_loss", "val_accuracy", "test_loss", "test_accuracy")}
+    """TensorBoard's HParams tab: one row per run with the choices a reader compares, under the names they type,
+    beside the final numbers. Those are scalars too (the tab reads them from there): named final/*, they make one
+    collapsed group in the Scalars tab instead of four one-point charts among the curves."""
+    model, optimizer = cfg.model, cfg.optimizer
+
+    def text(value: Any) -> str:  # a column holds one type; lists (one width per layer) and absent keys as text
+        return "–" if value is None else str(OmegaConf.to_object(value) if OmegaConf.is_config(value) else value)
+
+    params = {
+        "model": model._target_.rsplit(".", 1)[-1],
+        "hidden_units": text(model.get("hidden_units")),
+        "activation": text(model.get("activation")),
+        "dropout": float(model.get("dropout") or 0.0),
+        "optimizer": optimizer._target_.rsplit(".", 1)[-1] + (" nesterov" if optimizer.get("nesterov") else ""),
+        "learning_rate": float(optimizer.lr),
+        "batch_size": cfg.data.batch_size,
+        "epochs": cfg.trainer.max_epochs,
+        "seed": cfg.seed,
+    }
+    final = {f"final/{name}": metrics[name] for name in ("val_loss", "val_accuracy", "test_loss", "test_accuracy")}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, final)
@@ -135,7 +156,7 @@ def check_resumable(module: Classifier, ckpt_path: str) -> None:
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
-    """The Trainer with the configured callbacks and logger.
+    """The Trainer with the configured callbacks and logger, its options counted in minibatch updates.
 
     The progress bar is TQDM's, and only in a terminal: Lightning 2.6 defaults to Rich's bar, which fills log
     files and CI logs with unreadable redraws; there the History callback prints one line per epoch instead.
@@ -145,6 +166,64 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     if progress_bar is None:
         progress_bar = sys.stderr.isatty()
     if progress_bar:
-        callbacks.append(TQDMProgressBar())
+        callbacks.append(UpdatesProgressBar())
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, enable_progress_bar=progress_bar)
+    options = trainer_options(cfg.trainer, cfg.steps_per_execution)
+    with lightning_errors():
+        return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, enable_progress_bar=progress_bar, **options)
+
+
+# Strategies that run the training in processes of their own: the model, the callbacks' state and the trainer's
+# counters of the calling process stay as they were, so what run() writes afterwards would be wrong.
+SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
+
+
+def trainer_options(trainer: DictConfig, steps_per_execution: int) -> dict[str, Any]:
+    """The options that Lightning counts in its own steps, converted from updates, where one Lightning step runs
+    `steps_per_execution` updates; the ones that need one update per step are refused with one line."""
+    strategy = trainer.get("strategy")
+    if isinstance(strategy, str) and strategy.startswith(SPAWNING_STRATEGIES):
+        raise UserError(
+            f"trainer.strategy={strategy} trains in spawned processes, whose results train.py cannot see: use "
+            "trainer=ddp (Lightning starts train.py once per device)"
+        )
+    n = steps_per_execution
+    if n == 1:
+        return {}
+    for key, default in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
+        if trainer.get(key, default) not in (default, 0):
+            raise UserError(
+                f"trainer.{key} needs steps_per_execution=1 (Lightning does it only with one update per step, "
+                f"under automatic optimization): add steps_per_execution=1"
+            )
+    options = {}
+    interval = trainer.get("val_check_interval")
+    if isinstance(interval, int):
+        if interval % n:
+            raise UserError(
+                f"trainer.val_check_interval={interval} updates is not a whole number of steps of "
+                f"steps_per_execution={n} updates: give a multiple of {n}, a fraction of the epoch, or "
+                "steps_per_execution=1"
+            )
+        options["val_check_interval"] = interval // n
+    every = trainer.get("log_every_n_steps")
+    if isinstance(every, int):  # as in Keras, step-level logging cannot happen more often than once per execution
+        if every > n and every % n:
+            raise UserError(
+                f"trainer.log_every_n_steps={every} updates is not a whole number of steps of "
+                f"steps_per_execution={n} updates: give a multiple of {n} or steps_per_execution=1"
+            )
+        options["log_every_n_steps"] = max(1, every // n)
+    return options
+
+
+@contextlib.contextmanager
+def lightning_errors() -> Iterator[None]:
+    """Lightning's answer to an option it cannot use (a MisconfigurationException, or a ValueError from the
+    Trainer's constructor) as one `error:` line."""
+    try:
+        yield
+    except InstantiationException as error:
+        raise UserError(f"trainer: {error.__cause__ or error}") from None
+    except MisconfigurationException as error:
+        raise UserError(f"trainer: {error}") from None
