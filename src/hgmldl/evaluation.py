@@ -1,0 +1,67 @@
+"""evaluate.py's work: Keras' `model.evaluate` on val and test, through Lightning's `trainer.validate` and
+`trainer.test` (the module's own validation_step and test_step), plus each split's per-class accuracy and confusion
+matrix (`hgmldl.callbacks.ClassMetrics`). The Trainer picks the device, as it does for training.
+"""
+
+import csv
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from hgmldl.callbacks import ClassMetrics
+from hgmldl.files import write_text_atomic
+from hgmldl.hangul import padded
+from hgmldl.saving import describe, load_checkpoint
+from hgmldl.viz import class_names, plot_confusion_matrix, save_figure
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("val", "test")
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Writes evaluation.json, per_class_accuracy.csv and confusion_matrix_{val,test}.png into the run dir and
+    returns what evaluation.json holds."""
+    module = load_checkpoint(cfg.ckpt_path)
+    datamodule = instantiate(cfg.data)
+    names = class_names(datamodule.dataset_class.__name__, cfg.classes)
+    class_metrics = ClassMetrics()
+    trainer = instantiate(
+        cfg.trainer, callbacks=[class_metrics], logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    scores = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    scores |= trainer.test(module, datamodule=datamodule, verbose=False)[0]
+    results: dict[str, Any] = {
+        f"{split}_{name}": scores[f"{split}_{name}"] for split in SPLITS for name in ("loss", "accuracy")
+    }
+    per_class = {split: class_metrics.results[split]["per_class_accuracy"].tolist() for split in SPLITS}
+    results["per_class_accuracy"] = {name: {s: per_class[s][i] for s in SPLITS} for i, name in enumerate(names)}
+    if not trainer.is_global_zero:
+        return results
+
+    output_dir = Path(cfg.output_dir)
+    for split in SPLITS:
+        figure = plot_confusion_matrix(class_metrics.results[split]["confusion_matrix"], names, split)
+        save_figure(figure, output_dir / f"confusion_matrix_{split}.png")
+    write_text_atomic(output_dir / "evaluation.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    table = io.StringIO()
+    writer = csv.writer(table, lineterminator="\n")
+    writer.writerow(["class", "val_accuracy", "test_accuracy"])
+    writer.writerows(
+        [name, f"{val:.4f}", f"{test:.4f}"] for name, val, test in zip(names, *per_class.values(), strict=True)
+    )
+    write_text_atomic(output_dir / "per_class_accuracy.csv", table.getvalue())
+
+    log.info("%s: %s", cfg.ckpt_path, describe(dict(module.hparams.model)))
+    for split in SPLITS:
+        log.info("%s_loss %.4f  %s_accuracy %.4f", split, results[f"{split}_loss"], split, results[f"{split}_accuracy"])
+    log.info("%s %12s %13s", padded("class"), "val_accuracy", "test_accuracy")
+    for name, val, test in zip(names, *per_class.values(), strict=True):
+        log.info("%s %12.4f %13.4f", padded(name), val, test)
+    log.info("confusion matrices, per_class_accuracy.csv, evaluation.json: %s", output_dir)
+    return results
