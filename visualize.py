@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from hgmldl.config import register_configs
 from hgmldl.errors import one_line_errors
-from hgmldl.inspection import visualize
+from hgmldl.visualization import visualize
 
 register_configs(Path(__file__).parent / "experiments")
 

@@ -10,8 +10,8 @@ import hydra
 from omegaconf import DictConfig
 
 from hgmldl.config import register_configs
+from hgmldl.data_overview import show_data
 from hgmldl.errors import one_line_errors
-from hgmldl.inspection import show_data
 
 ROOT = Path(__file__).resolve().parents[1]
 register_configs(ROOT / "experiments")

@@ -15,6 +15,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
@@ -24,11 +25,15 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from hgmldl import viz
+from hgmldl.data_overview import show_data
 from hgmldl.errors import UserError
-from hgmldl.inspection import evaluate, predict, read_image, show_data, split_images, visualize
+from hgmldl.evaluation import evaluate
+from hgmldl.images import read_image, split_images
 from hgmldl.module import Classifier
+from hgmldl.prediction import predict
 from hgmldl.saving import load_checkpoint, load_weights, save_weights
 from hgmldl.train import run
+from hgmldl.visualization import visualize
 from tests.conftest import ROOT
 
 CNN = "cnn(hidden_units=100, dropout=0.4, activation=relu)"
@@ -90,28 +95,35 @@ def mlp_module():
     )
 
 
-def test_evaluate_equals_the_runs_own_evaluation(cnn_run, app_cfg, tmp_path):
-    # callbacks=default keeps the last epoch's weights, which run() evaluated with trainer.validate/test.
-    results = evaluate(app_cfg("evaluate", f"ckpt_path={cnn_run / 'checkpoints' / 'last.ckpt'}"))
-    trained = json.loads((cnn_run / "metrics.json").read_text())
-    for name in ("val_loss", "val_accuracy", "test_loss", "test_accuracy"):
-        assert results[name] == pytest.approx(trained[name], rel=1e-5), name
-
-    module = load_checkpoint(cnn_run / "checkpoints" / "last.ckpt")
-    cfg = app_cfg("evaluate")
-    images, labels = split_images(instantiate(cfg.data), "test")
-    with torch.no_grad():
-        predicted = module(images).argmax(dim=1)
-    per_class = [(predicted[labels == c] == c).float().mean().item() for c in range(10)]
+def test_evaluate_gives_the_loss_accuracy_and_per_class_accuracy_of_the_models_outputs(cnn_run, app_cfg, tmp_path):
+    ckpt = cnn_run / "checkpoints" / "last.ckpt"
+    results = evaluate(app_cfg("evaluate", f"ckpt_path={ckpt}"))
+    module = load_checkpoint(ckpt)
+    datamodule = instantiate(app_cfg("evaluate").data)
+    datamodule.prepare_data()
+    datamodule.setup("validate")
+    datamodule.setup("test")
     names = viz.CLASS_NAMES["FashionMNIST"]["en"]
-    assert [results["per_class_accuracy"][name]["test"] for name in names] == pytest.approx(per_class)
+    per_class = {}
+    for split, images, labels in [
+        ("val", datamodule.val_images, datamodule.val_labels),
+        ("test", datamodule.test_images, datamodule.test_labels),
+    ]:
+        with torch.no_grad():
+            logits = module(images)
+        predicted = logits.argmax(dim=1)
+        assert results[f"{split}_loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+        assert results[f"{split}_accuracy"] == pytest.approx((predicted == labels).float().mean().item())
+        per_class[split] = [(predicted[labels == c] == c).float().mean().item() for c in range(10)]
+        assert [results["per_class_accuracy"][name][split] for name in names] == pytest.approx(per_class[split])
+    assert len(set(per_class["test"])) > 1  # classes differ, so a mix-up of classes would show
 
     out = tmp_path / "out"
     assert json.loads((out / "evaluation.json").read_text()) == results
     with open(out / "per_class_accuracy.csv") as file:
         rows = list(csv.DictReader(file))
     assert [row["class"] for row in rows] == names
-    assert [float(row["test_accuracy"]) for row in rows] == pytest.approx(per_class, abs=5e-5)
+    assert [float(row["test_accuracy"]) for row in rows] == pytest.approx(per_class["test"], abs=5e-5)
     assert png_size(out / "confusion_matrix_val.png") == png_size(out / "confusion_matrix_test.png") == (800, 700)
 
 
@@ -126,6 +138,7 @@ def test_predict_gives_the_argmax_of_the_models_output(cnn_run, app_cfg, tmp_pat
     assert result["class"] == viz.class_names("FashionMNIST", "ko")[result["index"]]
     assert result["label"] == int(labels[3])
     assert result["probabilities"] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert sum(result["probabilities"]) == pytest.approx(1, abs=1e-6)  # predict_step's softmax
     assert png_size(tmp_path / "out" / "prediction.png") == (1000, 400)
 
 
@@ -328,5 +341,5 @@ def test_tensorboard_full_logs_pictures_histograms_and_hparams(cnn_run):
     assert {"samples", "conv1_filters", "confusion_matrix"} <= tags["images"]
     assert {"net.0.weight", "net.10.bias"} <= tags["histograms"]
     metrics = {info.name.tag for info in hparams.experiment.metric_infos}
-    assert metrics == {"final_val_loss", "final_val_accuracy", "final_test_loss", "final_test_accuracy"}
-    assert {"model/_target_", "optimizer/lr", "seed"} <= {info.name for info in hparams.experiment.hparam_infos}
+    assert metrics == {"final/val_loss", "final/val_accuracy", "final/test_loss", "final/test_accuracy"}
+    assert {"model", "optimizer", "learning_rate", "seed"} <= {info.name for info in hparams.experiment.hparam_infos}
