@@ -16,6 +16,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from hgmldl.errors import UserError, one_line_errors
 from hgmldl.files import check_output_dir
+from hgmldl.hardware import check_cpu_bf16
 
 
 class Init(Enum):
@@ -142,6 +143,7 @@ def check_config(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key, default=absent)
         if value is not absent and not allowed(value):
             raise UserError(f"{key} must be {description}, got {value!r}")
+    check_cpu_bf16(cfg.trainer)
     check_output_dir(cfg.output_dir)
 
 
