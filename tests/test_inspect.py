@@ -28,6 +28,7 @@ from hgmldl import viz
 from hgmldl.data_overview import show_data
 from hgmldl.errors import UserError
 from hgmldl.evaluation import evaluate
+from hgmldl.history import read_history
 from hgmldl.images import read_image, split_images
 from hgmldl.module import Classifier
 from hgmldl.prediction import predict
@@ -323,7 +324,7 @@ def test_every_run_writes_curves_and_plot_history_overlays_runs(cnn_run, tmp_pat
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{tmp_path / 'sweep.png'}: 2 runs"
     assert png_size(tmp_path / "sweep.png") == (1200, 450)
-    legend = viz.plot_history({"optimizer=adam": viz.read_history(cnn_run / "history.csv")}).axes[0].get_legend()
+    legend = viz.plot_history({"optimizer=adam": read_history(cnn_run / "history.csv")}).axes[0].get_legend()
     assert [text.get_text() for text in legend.get_texts()] == ["optimizer=adam train", "optimizer=adam val"]
 
 

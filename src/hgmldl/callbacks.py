@@ -1,8 +1,6 @@
 """The callbacks Lightning lacks: Keras' EarlyStopping restore_best_weights, History and TerminateOnNaN, the random
 state in checkpoints, and per-class accuracy with the confusion matrix for evaluate.py."""
 
-import csv
-import io
 import logging
 import time
 from pathlib import Path
@@ -15,13 +13,11 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from hgmldl.errors import UserError
-from hgmldl.files import write_text_atomic
+from hgmldl.history import COLUMNS, write_history
 from hgmldl.models import NUM_CLASSES
 from hgmldl.viz import plot_history, save_figure
 
 log = logging.getLogger(__name__)
-
-HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time"]  # lr: with a scheduler
 
 
 class EarlyStopping(early_stopping.EarlyStopping):
@@ -87,16 +83,12 @@ class History(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = trainer.callback_metrics
         row = {"epoch": trainer.current_epoch, "time": round(time.perf_counter() - self._epoch_start, 3)}
-        row |= {name: float(metrics[name]) for name in HISTORY_COLUMNS if name in metrics}
+        row |= {name: float(metrics[name]) for name in COLUMNS if name in metrics}
         self.rows.append(row)
         if not trainer.is_global_zero:  # under DDP: one file, one line per epoch
             return
-        text = io.StringIO()
-        columns = [name for name in HISTORY_COLUMNS if name in row]
-        writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows)
-        write_text_atomic(self.path, text.getvalue())
+        write_history(self.path, self.rows)
+        columns = [name for name in COLUMNS if name in row]
         scores = " - ".join(
             f"{name}: {row[name]:.4g}" if name == "lr" else f"{name}: {row[name]:.4f}" for name in columns[1:-1]
         )

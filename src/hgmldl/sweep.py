@@ -20,7 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from hgmldl.config import override_key
 from hgmldl.errors import UserError
 from hgmldl.files import write_text_atomic
-from hgmldl.viz import plot_history, read_history, save_figure
+from hgmldl.history import read_history
+from hgmldl.viz import plot_history, save_figure
 
 # The metrics.json numbers of each job, in the table's column order; the table is sorted by the first one.
 COLUMNS = ["val_accuracy", "val_loss", "test_accuracy", "epochs", "stopped_epoch", "best_epoch", "params", "wall_time"]

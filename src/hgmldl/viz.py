@@ -5,7 +5,6 @@ close), so the same picture goes to a PNG (`save_figure`) or to TensorBoard (`Su
 Figure sizes are in inches at `DPI`, so a PNG's pixel size is `figsize * DPI`.
 """
 
-import csv
 import functools
 import logging
 from collections.abc import Mapping, Sequence
@@ -83,12 +82,6 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=DPI)
     return path
-
-
-def read_history(path: str | Path) -> list[dict[str, float]]:
-    """The rows of a history.csv (hgmldl.callbacks.History) as numbers."""
-    with open(path, newline="") as file:
-        return [{name: float(value) for name, value in row.items() if value} for row in csv.DictReader(file)]
 
 
 def plot_history(runs: Mapping[str, Sequence[Mapping[str, Any]]]) -> Figure:

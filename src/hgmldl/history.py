@@ -1,0 +1,28 @@
+"""history.csv, Keras' History on disk: one row per epoch, written by the History callback after every epoch and
+read back by the sweep summary, scripts/plot_history.py, scripts/reproduce.py and hgmldl.api."""
+
+import csv
+import io
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from hgmldl.files import write_text_atomic
+
+COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time"]  # lr: with a scheduler
+
+
+def write_history(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Writes `rows` atomically, with the columns of COLUMNS that the last row has, in that order."""
+    columns = [name for name in COLUMNS if name in rows[-1]]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, text.getvalue())
+
+
+def read_history(path: str | Path) -> list[dict[str, float]]:
+    """The rows of a history.csv as numbers; a value a row lacks is left out of it."""
+    with open(path, newline="") as file:
+        return [{name: float(value) for name, value in row.items() if value} for row in csv.DictReader(file)]
