@@ -1,0 +1,61 @@
+"""Keras' `model.summary()`: the network's layers with their output shapes and parameter counts.
+
+Lightning's ModelSummary lists every submodule of the LightningModule, the metric objects included; the book's
+summary lists the network alone. Shapes are PyTorch's, channels first: Keras' (None, 28, 28, 32) is (None, 32, 28, 28).
+"""
+
+import logging
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelSummary
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+INPUT_SHAPE = (1, 28, 28)  # one Fashion-MNIST / MNIST image
+
+
+def summary(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> str:
+    """The table Keras' summary() prints, for a Classifier (its `net`) or any nn.Sequential."""
+    net = getattr(model, "net", model)
+    shapes: dict[str, tuple[int, ...]] = {}
+    hooks = [
+        layer.register_forward_hook(lambda _layer, _inputs, output, name=name: shapes.__setitem__(name, output.shape))
+        for name, layer in net.named_children()
+    ]
+    training = net.training
+    try:
+        with torch.no_grad():
+            net.eval()(torch.zeros(1, *input_shape, device=next(net.parameters()).device))
+    finally:
+        net.train(training)
+        for hook in hooks:
+            hook.remove()
+
+    line, rule = "_" * 72, "=" * 72
+    rows = [f'Model: "{type(net).__name__}"', line, f"{'Layer (type)':<32}{'Output Shape':<26}{'Param #':>12}", rule]
+    for name, layer in net.named_children():
+        shape = "(None, " + ", ".join(str(size) for size in shapes[name][1:]) + ")"
+        count = sum(parameter.numel() for parameter in layer.parameters())
+        rows.append(f"{f'{name} ({type(layer).__name__})':<32}{shape:<26}{count:>12,}")
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in net.parameters())
+    rows += [
+        rule,
+        f"Total params: {total:,}",
+        f"Trainable params: {trainable:,}",
+        f"Non-trainable params: {total - trainable:,}",
+        line,
+    ]
+    return "\n".join(rows)
+
+
+class Summary(ModelSummary):
+    """Prints `summary()` when fit starts, in place of Lightning's table (a ModelSummary, so the Trainer adds
+    no table of its own)."""
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.is_global_zero:
+            # The module's example_input_array: Lightning's own summary takes its output shapes from it too.
+            log.info("\n%s", summary(pl_module, tuple(pl_module.example_input_array.shape[1:])))
