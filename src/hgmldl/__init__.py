@@ -1,3 +1,31 @@
-"""hgmldl: the Keras chapters of 혼자 공부하는 머신러닝+딥러닝 (7-8) and Deep Learning with Python (2) in Lightning + Hydra."""
+"""hgmldl: the Keras chapters of 혼자 공부하는 머신러닝+딥러닝 (7-8) and Deep Learning with Python (2) in Lightning + Hydra.
 
+From Python, as the book's Keras: `history = hgmldl.fit("experiment=ch7_3_callbacks")`, then `history.history`,
+`history.model`, `hgmldl.load_data("val")`, `hgmldl.evaluate(ckpt)`, `hgmldl.predict(ckpt)`, `hgmldl.load(ckpt)`, `hgmldl.summary(model)`.
+"""
+
+import logging
+import os
+import warnings
+
+# What a run prints is the book's output and the project's own messages. These third-party lines are not:
+# TensorBoard imports TensorFlow where it is installed, whose C++ start-up notes (CPU instructions) print as INFO;
+# Lightning 2.6 advertises its cloud logger at every Trainer start, notes that our Keras-style summary replaces
+# its own, and calls a pytree API that torch 2.14 deprecated.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's warnings and errors still print
+LIGHTNING_NOISE = ("litlogger", "Trainer already configured with model summary callbacks")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not any(text in record.getMessage() for text in LIGHTNING_NOISE)
+)
+warnings.filterwarnings(
+    "ignore",
+    message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    category=FutureWarning,
+    module=r"lightning\.pytorch\.utilities\._pytree",
+)
+
+from hgmldl.api import History, evaluate, fit, load, load_data, predict  # noqa: E402  (after the filters)
+from hgmldl.model_summary import summary  # noqa: E402
+
+__all__ = ["History", "evaluate", "fit", "load", "load_data", "predict", "summary"]
 __version__ = "0.1.0"

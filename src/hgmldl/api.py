@@ -1,0 +1,175 @@
+"""The commands as Python functions, for notebooks: Keras' `history = model.fit(...)`, `evaluate`, `predict` and
+`load_model`.
+
+Each function takes the command line's overrides (`"model=cnn"`, `"trainer.max_epochs=5"`), composes conf/ with
+Hydra's Compose API exactly as the command does, and calls the command's own function. A UserError is raised, and
+a notebook shows it as one `error: …` line.
+"""
+
+import contextlib
+import datetime
+import logging
+import sys
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import lightning as L
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf.errors import OmegaConfBaseException
+
+from hgmldl import evaluation, prediction, train
+from hgmldl.config import check_config, register_configs
+from hgmldl.errors import UserError
+from hgmldl.history import read_history
+from hgmldl.images import split_images
+from hgmldl.module import Classifier
+from hgmldl.saving import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/ and experiments/ beside src/
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+
+
+@dataclass
+class History:
+    """What Keras' `fit` returns, plus the run's folder and its metrics.json.
+
+    `history["val_loss"]` is the list of per-epoch values (`plt.plot(history.history['val_loss'])`), `epoch` the
+    0-based epoch numbers, `model` the trained Classifier: the best epoch's weights where EarlyStopping restored
+    them, else the last epoch's, the weights metrics.json was evaluated with.
+    """
+
+    history: dict[str, list[float]]
+    epoch: list[int]
+    model: Classifier
+    metrics: dict[str, Any]
+    run_dir: Path
+
+
+def fit(*overrides: str, output_dir: str | Path | None = None) -> History:
+    """`python train.py <overrides>` from Python: `hgmldl.fit("experiment=ch7_3_callbacks", output_dir="runs/7-3")`.
+
+    The run writes the folder train.py writes (checkpoints, history.csv, metrics.json, .hydra/, train.log) into
+    `output_dir`, by default a new outputs/<date>/<time>, relative to the current directory.
+    """
+    cfg = compose_config("train", overrides, output_dir)
+    if cfg.get("baseline") is not None:  # 7-1's scikit-learn baseline trains no network
+        raise UserError("fit trains networks; run the baseline with python train.py experiment=ch7_1_sgd_baseline")
+    check_config(cfg)  # before the folder is made: a bad value or folder is one line, as with train.py
+    run_dir = Path(cfg.output_dir)
+    # What Hydra saves for train.py: resume=<run dir> and scripts/summarize.py read them.
+    (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
+    fit_id = str(uuid.uuid4())
+    with open_dict(cfg):
+        cfg.callbacks.keep_model = {"_target_": f"{__name__}.KeepModel", "fit_id": fit_id}
+    try:
+        with job_logging(run_dir / "train.log"):
+            metrics = train.run(cfg)
+    finally:
+        model = KeepModel.models.pop(fit_id, None)
+    rows = read_history(run_dir / "history.csv")
+    return History(
+        history={name: [row[name] for row in rows] for name in HISTORY_KEYS if name in rows[0]},
+        epoch=[int(row["epoch"]) for row in rows],
+        model=model.eval(),
+        metrics=metrics,
+        run_dir=run_dir,
+    )
+
+
+class KeepModel(L.Callback):
+    """Hands fit() the module run() trains: the object itself, whose weights EarlyStopping restores in place and
+    metrics.json evaluates (keyed by the fit call, so that runs never mix)."""
+
+    models: ClassVar[dict[str, L.LightningModule]] = {}
+
+    def __init__(self, fit_id: str) -> None:
+        self.fit_id = fit_id
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        KeepModel.models[self.fit_id] = pl_module
+
+
+def evaluate(ckpt_path: str | Path, *overrides: str, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """`python evaluate.py ckpt_path=… <overrides>`: val and test loss and accuracy, and per-class accuracy."""
+    cfg = compose_config("evaluate", overrides, output_dir, ckpt_path=str(ckpt_path))
+    with job_logging(Path(cfg.output_dir) / "evaluate.log"):
+        return evaluation.evaluate(cfg)
+
+
+def predict(ckpt_path: str | Path, *overrides: str, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """`python predict.py ckpt_path=… <overrides>` (`"index=0"`, `"split=val"`, `"image=photo.png"`, `"classes=ko"`):
+    the class, its ten probabilities and prediction.png."""
+    cfg = compose_config("predict", overrides, output_dir, ckpt_path=str(ckpt_path))
+    with job_logging(Path(cfg.output_dir) / "predict.log"):
+        return prediction.predict(cfg)
+
+
+def load_data(split: str = "train", *overrides: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (N, 1, 28, 28, scaled to [0, 1]) and labels of one split of the configured dataset (`"data=mnist"`,
+    `"data.idx_dir=…"`): `train` the whole training file as Keras' load_data() returns it, `val` the book's
+    val_scaled (the 12,000 that train_test_split(test_size=0.2, random_state=42) holds out), `test` the test file."""
+    cfg = compose_config("train", overrides, output_dir=None)
+    return split_images(instantiate(cfg.data), split)
+
+
+def load(path: str | Path) -> Classifier:
+    """Keras' `load_model`: the model a checkpoint describes, with its weights, in eval mode."""
+    return load_checkpoint(path)
+
+
+def compose_config(name: str, overrides: Sequence[str], output_dir: str | Path | None, **values: str) -> DictConfig:
+    """conf/<name>.yaml with the overrides, as the command composes it; Hydra's errors become one-line UserErrors.
+
+    The paths are set after composing, so they need no quoting for Hydra's override grammar.
+    """
+    register_configs(ROOT / "experiments")
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UserError(" ".join(line.strip() for line in str(error).splitlines() if line.strip())) from None
+    finally:
+        GlobalHydra.instance().clear()
+    for key, value in values.items():
+        cfg[key] = value
+    cfg.output_dir = str(output_dir or datetime.datetime.now().strftime("outputs/%Y-%m-%d/%H-%M-%S-%f"))
+    return cfg
+
+
+@contextlib.contextmanager
+def job_logging(log_file: Path) -> Iterator[None]:
+    """What Hydra's job logging does for the commands: hgmldl's INFO lines (the epoch lines) on the console, also
+    in a notebook, where Python shows only warnings by default, and the run's lines in a log file."""
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    package = logging.getLogger("hgmldl")
+    lightning = logging.getLogger("lightning.pytorch")
+    file_handler = logging.FileHandler(log_file, encoding="utf-8")
+    file_handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    # Where logging is configured (pytest, an application), its handlers show the lines already.
+    console = None if logging.getLogger().hasHandlers() else logging.StreamHandler(sys.stdout)
+    level = package.level
+    package.setLevel(logging.INFO)
+    for logger in (package, lightning):
+        logger.addHandler(file_handler)
+    if console:
+        package.addHandler(console)
+    try:
+        yield
+    finally:
+        package.setLevel(level)
+        for logger in (package, lightning):
+            logger.removeHandler(file_handler)
+        if console:
+            package.removeHandler(console)
+        file_handler.close()
