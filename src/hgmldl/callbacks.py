@@ -1,5 +1,6 @@
 """The callbacks Lightning lacks: Keras' EarlyStopping restore_best_weights, History and TerminateOnNaN, the random
-state in checkpoints, and per-class accuracy with the confusion matrix for evaluate.py."""
+state in checkpoints, per-class accuracy with the confusion matrix for evaluate.py, the book's pictures in
+TensorBoard, and a progress bar that counts updates."""
 
 import logging
 import time
@@ -9,13 +10,21 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar, early_stopping
+from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from hgmldl.errors import UserError
 from hgmldl.history import COLUMNS, write_history
 from hgmldl.models import NUM_CLASSES
-from hgmldl.viz import plot_history, save_figure
+from hgmldl.viz import (
+    class_names,
+    plot_confusion_matrix,
+    plot_filters,
+    plot_history,
+    plot_samples,
+    save_figure,
+)
 
 log = logging.getLogger(__name__)
 
@@ -197,3 +206,51 @@ class UpdatesProgressBar(TQDMProgressBar):
     ) -> None:
         updates = min((batch_idx + 1) * pl_module.steps_per_execution, self.total_train_batches)
         super().on_train_batch_end(trainer, pl_module, outputs, batch, updates - 1)
+
+
+def first_conv(net: nn.Module) -> nn.Conv2d | None:
+    return next((layer for layer in net.modules() if isinstance(layer, nn.Conv2d)), None)
+
+
+class TensorBoardImages(L.Callback):
+    """The book's pictures in TensorBoard beside the scalars (`logger=tensorboard_full`): the first training
+    images once, conv1's filters and every parameter's histogram after each epoch, and the test set's confusion
+    matrix after `trainer.test`. Each epoch's histograms cost a few hundred ms, hence a preset of its own."""
+
+    def __init__(self, num_samples: int = 10) -> None:
+        self.num_samples = num_samples
+        self.writer: Any = None
+        self.test_metrics = ClassMetrics()  # the test confusion matrix
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Kept here: the run may detach its loggers before the final validate/test (hgmldl.train.run does).
+        self.writer = trainer.logger.experiment if trainer.is_global_zero and trainer.logger else None
+        if self.writer is None:
+            return
+        datamodule = trainer.datamodule
+        images, labels = datamodule.train_images[: self.num_samples], datamodule.train_labels[: self.num_samples]
+        names = class_names(datamodule.dataset_class.__name__)
+        self.writer.add_figure("samples", plot_samples(images, labels.tolist(), names), 0)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.writer is None:
+            return
+        epoch = trainer.current_epoch
+        conv = first_conv(pl_module)
+        if conv is not None:
+            self.writer.add_figure("conv1_filters", plot_filters(conv.weight), epoch)
+        for name, parameter in pl_module.named_parameters():
+            self.writer.add_histogram(name, parameter, epoch)
+
+    def on_test_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *args: Any
+    ) -> None:
+        self.test_metrics.on_test_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.test_metrics.on_test_epoch_end(trainer, pl_module)  # on every process: under DDP it gathers them all
+        if self.writer is not None:
+            names = class_names(trainer.datamodule.dataset_class.__name__)
+            matrix = self.test_metrics.results["test"]["confusion_matrix"]
+            self.writer.add_figure("confusion_matrix", plot_confusion_matrix(matrix, names, "test"))
+            self.writer.flush()

@@ -11,15 +11,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import matplotlib
 import numpy as np
 import torch
 from matplotlib import font_manager
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
-from torch import nn
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 from hgmldl.errors import UserError
 
@@ -181,52 +178,3 @@ def plot_feature_maps(maps: torch.Tensor, columns: int = 8, title: str = "") -> 
         axes.axis("off")
     figure.suptitle(title)
     return figure
-
-
-def first_conv(net: nn.Module) -> nn.Conv2d | None:
-    return next((layer for layer in net.modules() if isinstance(layer, nn.Conv2d)), None)
-
-
-class TensorBoardImages(L.Callback):
-    """The book's pictures in TensorBoard beside the scalars (`logger=tensorboard_full`): the first training
-    images once, conv1's filters and every parameter's histogram after each epoch, and the test set's confusion
-    matrix after `trainer.test`. Each epoch's histograms cost a few hundred ms, hence a preset of its own."""
-
-    def __init__(self, num_samples: int = 10) -> None:
-        self.num_samples = num_samples
-        self.writer: Any = None
-        self.confusion = MulticlassConfusionMatrix(10)
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Kept here: the run may detach its loggers before the final validate/test (hgmldl.train.run does).
-        self.writer = trainer.logger.experiment if trainer.is_global_zero and trainer.logger else None
-        if self.writer is None:
-            return
-        datamodule = trainer.datamodule
-        images, labels = datamodule.train_images[: self.num_samples], datamodule.train_labels[: self.num_samples]
-        names = class_names(datamodule.dataset_class.__name__)
-        self.writer.add_figure("samples", plot_samples(images, labels.tolist(), names), 0)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.writer is None:
-            return
-        epoch = trainer.current_epoch
-        conv = first_conv(pl_module)
-        if conv is not None:
-            self.writer.add_figure("conv1_filters", plot_filters(conv.weight), epoch)
-        for name, parameter in pl_module.named_parameters():
-            self.writer.add_histogram(name, parameter, epoch)
-
-    def on_test_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int, *args: Any
-    ) -> None:
-        images, labels = batch
-        self.confusion.to(labels.device).update(pl_module(images).argmax(dim=1), labels)
-
-    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        matrix = self.confusion.compute()  # on every process: under DDP it gathers all processes' shares
-        self.confusion.reset()
-        if self.writer is not None:
-            names = class_names(trainer.datamodule.dataset_class.__name__)
-            self.writer.add_figure("confusion_matrix", plot_confusion_matrix(matrix, names, "test"))
-            self.writer.flush()
