@@ -3,7 +3,8 @@
 - `save_weights` / `load_weights`: the weights only, as safetensors, with the model's config in the file's metadata
   so that loading them into another architecture names both.
 - `model.save` is the Lightning checkpoint (best.ckpt / last.ckpt, or `trainer.save_checkpoint`): weights plus the
-  hyperparameters that rebuild the network; `load_checkpoint` is `keras.models.load_model`.
+  hyperparameters that rebuild the network; `load_checkpoint` is `keras.models.load_model`, and `load_model` reads
+  either file (a model's weights with their config predict and evaluate as well).
 
 Nothing here unpickles arbitrary objects: checkpoints are read with `torch.load(weights_only=True)`, which accepts
 only tensors and plain containers, and weights with safetensors, which holds tensors only. A file from an untrusted
@@ -87,16 +88,38 @@ def save_weights(module: Classifier, path: str | Path) -> Path:
 def load_weights(module: Classifier, path: str | Path) -> Classifier:
     """Keras' `load_weights`: the weights `save_weights` wrote, into a model built from the same config."""
     path = check_readable(path, "weights file")
-    try:
-        with safe_open(path, framework="pt", device=str(module.device)) as file:
-            state = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (not a dict)
-            metadata = file.metadata() or {}
-    except (SafetensorError, OSError) as error:
-        raise UserError(f"{path} is not a safetensors weights file ({error})") from error
+    state, metadata = _read_weights(path, str(module.device))
     saved = metadata.get("model")
     source = describe(json.loads(saved)) if saved else "weights of unknown origin"
     _load_state(module, state, f"{path} holds {source}")
     return module
+
+
+def load_model(path: str | Path | None) -> Classifier:
+    """Keras' `load_model` for either file that holds a model: a Lightning checkpoint, or a `.safetensors` file
+    with its model config (`save_weights`, scripts/import_keras.py). The latter has no optimizer: it predicts."""
+    if path is None or Path(path).suffix != ".safetensors":
+        return load_checkpoint(path)
+    path = check_readable(path, "weights file")
+    state, metadata = _read_weights(path, "cpu")
+    if "model" not in metadata:
+        raise UserError(f"{path} holds no model config: load it with load_weights into a model of the same config")
+    model = json.loads(metadata["model"])
+    try:
+        module = Classifier(model=model, optimizer={})
+    except Exception as error:  # an unknown _target_ or argument, as in load_checkpoint
+        raise UserError(f"{path} describes a model this version cannot build ({describe(model)})") from error
+    _load_state(module, state, f"{path} (weights of another model than its config)")
+    return module.eval()
+
+
+def _read_weights(path: Path, device: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    try:
+        with safe_open(path, framework="pt", device=device) as file:
+            state = {name: file.get_tensor(name) for name in file.keys()}  # noqa: SIM118 (not a dict)
+            return state, file.metadata() or {}
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"{path} is not a safetensors weights file ({error})") from error
 
 
 def _load_state(module: Classifier, state: dict[str, torch.Tensor], source: str) -> None:

@@ -7,7 +7,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -24,11 +23,9 @@ from hgmldl.config import check_config
 from hgmldl.errors import UserError
 from hgmldl.files import write_text_atomic
 from hgmldl.module import Classifier
-from hgmldl.saving import describe, load_checkpoint
+from hgmldl.resume import check_resumable, interrupted_message, resume_checkpoint
 
 log = logging.getLogger(__name__)
-
-LAST_CHECKPOINT = "checkpoints/last.ckpt"  # in the run folder: ModelCheckpoint(save_last=True), every epoch
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -125,34 +122,6 @@ def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: dict[st
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, final)
-
-
-def resume_checkpoint(run_dir: str) -> str:
-    """What `resume=<run dir>` continues from: the last.ckpt that conf/callbacks/default.yaml writes every epoch."""
-    path = Path(run_dir) / LAST_CHECKPOINT
-    if not path.is_file():
-        raise UserError(f"resume={run_dir}: {path} not found; that run ended before its first epoch did, start anew")
-    return str(path)
-
-
-def interrupted_message(run_dir: str, epoch: int) -> str:
-    if not (Path(run_dir) / LAST_CHECKPOINT).is_file():
-        return f"Interrupted in epoch {epoch + 1}, before any epoch ended: nothing to resume, start the run anew"
-    return (
-        f"Interrupted in epoch {epoch + 1}; {LAST_CHECKPOINT} holds the end of the last whole epoch. "
-        f"Continue with:  python train.py 'resume=\"{run_dir}\"'"
-    )
-
-
-def check_resumable(module: Classifier, ckpt_path: str) -> None:
-    """One line, before any data is loaded, where Lightning would fail after loading it with a traceback: a missing
-    or foreign file, or the checkpoint of another architecture than the configured one."""
-    saved = load_checkpoint(ckpt_path)
-    if {k: v.shape for k, v in saved.state_dict().items()} != {k: v.shape for k, v in module.state_dict().items()}:
-        raise UserError(
-            f"{ckpt_path} holds {describe(dict(saved.hparams.model))} but this run builds "
-            f"{describe(dict(module.hparams.model))}: resume with the model options of the run that saved it"
-        )
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
