@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from hgmldl.config import resume_overrides
 from hgmldl.errors import UserError
+from hgmldl.resume import resume_overrides
 from hgmldl.train import run
 from tests.conftest import ROOT
 

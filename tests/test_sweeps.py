@@ -19,7 +19,8 @@ from hydra.core.utils import setup_globals
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
-from hgmldl.sweep import SweepSummary, summarize
+from hgmldl.hydra_callbacks import NewSweepDir
+from hgmldl.sweep import summarize
 from tests.conftest import ROOT
 
 
@@ -136,10 +137,10 @@ def test_summarize_script_on_a_folder_without_jobs(tmp_path, monkeypatch):
 
 def test_a_second_sweep_never_writes_into_the_same_folder(tmp_path):
     config = OmegaConf.create({"hydra": {"sweep": {"dir": str(tmp_path / "sweep")}}})
-    SweepSummary().on_multirun_start(config)
+    NewSweepDir().on_multirun_start(config)
     assert (tmp_path / "sweep" / "multirun.yaml").exists()
     with pytest.raises(SystemExit, match=r"error: .*sweep already holds a sweep; give another hydra.sweep.dir="):
-        SweepSummary().on_multirun_start(config)
+        NewSweepDir().on_multirun_start(config)
 
 
 def test_slurm_preset_submits_one_gpu_per_job(tmp_path, monkeypatch):

@@ -9,12 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.errors import HydraException
-from hydra.experimental.callback import Callback
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from hgmldl.errors import UserError, one_line_errors
+from hgmldl.errors import UserError
 from hgmldl.files import check_output_dir
 from hgmldl.hardware import check_cpu_bf16
 
@@ -73,38 +70,6 @@ def register_configs(experiments_dir: Path) -> None:
         store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
-def resume_overrides(args: list[str]) -> list[str]:
-    """`python train.py resume=<run dir> [overrides]`: that run's own overrides, then the new ones, in its folder.
-
-    Hydra makes the run folder and composes the config before any code of ours runs, so continuing a run in its
-    folder with its config is decided on the command line: the earlier run's overrides (its .hydra/overrides.yaml)
-    are inserted after `resume=`, less those the new command sets again (`trainer.max_epochs=30` wins), and
-    `hydra.run.dir` is set to that folder. Lightning's DDP re-runs this command in its extra processes, so applying
-    it twice gives the same command.
-    """
-    position = next((i for i, arg in enumerate(args) if arg.startswith("resume=")), None)
-    if position is None:
-        return args
-    try:
-        run_dir = OverridesParser.create().parse_override(args[position]).value()
-        one_folder = run_dir is None or isinstance(run_dir, str)  # not a,b (a sweep over folders)
-    except HydraException:  # an unquoted '=' in the folder name
-        one_folder = False
-    if not one_folder:
-        raise UserError(
-            f"{args[position]}: give one folder, quoted if its name holds '=' or ',' "
-            """(a sweep's job): 'resume="multirun/…/optimizer=adam,seed=1"'"""
-        )
-    if run_dir is None:
-        return args
-    overrides_file = Path(run_dir) / ".hydra" / "overrides.yaml"
-    if not overrides_file.is_file():
-        raise UserError(f"resume={run_dir}: {overrides_file} not found; give the folder of an earlier train.py run")
-    given = {override_key(arg) for arg in args}
-    earlier = [override for override in OmegaConf.load(overrides_file) if override_key(override) not in given]
-    return [*args[: position + 1], *earlier, f'hydra.run.dir="{run_dir}"', *args[position + 1 :]]
-
-
 def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -145,18 +110,3 @@ def check_config(cfg: DictConfig) -> None:
             raise UserError(f"{key} must be {description}, got {value!r}")
     check_cpu_bf16(cfg.trainer)
     check_output_dir(cfg.output_dir)
-
-
-class CheckOutputDir(Callback):
-    """Hydra creates the run folder before train.py's code runs, and fails with a traceback when it cannot; this
-    checks the folder (and the free disk space) first, and ends with one line."""
-
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.run.dir)
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._check(config.hydra.sweep.dir)
-
-    @staticmethod
-    def _check(path: str) -> None:
-        one_line_errors(check_output_dir)(path)

@@ -1,7 +1,7 @@
 """What a sweep is run for: one table comparing its jobs, and one plot of their learning curves.
 
 `python train.py -m optimizer=sgd,adam` writes `summary.csv`, `summary.md` and `curves.png` into the sweep folder
-when the sweep ends (the Hydra callback `SweepSummary`, registered in conf/hydra/default.yaml);
+when the sweep ends (the Hydra callback `hgmldl.hydra_callbacks.SweepSummary`, in conf/hydra/default.yaml);
 `python scripts/summarize.py <sweep dir>` does the same for a folder that exists already, e.g. a sweep that a failed
 job stopped (Hydra 1.3 ends a sweep with a failed job's error, and then calls no `on_multirun_end`).
 """
@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from hgmldl.config import override_key
 from hgmldl.errors import UserError
@@ -129,26 +128,3 @@ def format_cell(column: str, mean: float | None, std: float | None) -> str:
         return ""
     decimals = DECIMALS.get(column, 0 if std is None else 1)
     return f"{mean:.{decimals}f}" + ("" if std is None else f" ± {std:.{decimals}f}")
-
-
-class SweepSummary(Callback):
-    """Hydra callback: claims a fresh sweep folder when a sweep starts, and summarises the sweep when it ends.
-
-    Hydra itself reuses an existing sweep folder (`mkdir(exist_ok=True)`), so two sweeps started at the same
-    instant, or a sweep repeated with the same `hydra.sweep.dir`, would mix their jobs; creating `multirun.yaml`
-    exclusively makes the second one stop instead.
-    """
-
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            with open(sweep_dir / "multirun.yaml", "x", encoding="utf-8") as file:
-                file.write(OmegaConf.to_yaml(config))  # what Hydra's sweeper writes there next
-        except FileExistsError:
-            raise SystemExit(
-                f"error: {sweep_dir} already holds a sweep; give another hydra.sweep.dir= or delete that folder"
-            ) from None
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        summarize(config.hydra.sweep.dir)

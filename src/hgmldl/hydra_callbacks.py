@@ -1,0 +1,58 @@
+"""Hydra callbacks, run before and after Hydra's own work: the run folder's check, and a sweep's own folder and
+summary."""
+
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from hgmldl.errors import UserError, one_line_errors
+from hgmldl.files import check_output_dir
+from hgmldl.sweep import summarize
+
+
+class CheckOutputDir(Callback):
+    """Hydra creates the run folder before train.py's code runs, and fails with a traceback when it cannot; this
+    checks the folder (and the free disk space) first, and ends with one line."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config.hydra.sweep.dir)
+
+    @staticmethod
+    def _check(path: str) -> None:
+        one_line_errors(check_output_dir)(path)
+
+
+class NewSweepDir(Callback):
+    """Claims a fresh folder when a sweep starts.
+
+    Hydra itself reuses an existing sweep folder (`mkdir(exist_ok=True)`), so two sweeps started at the same
+    instant, or a sweep repeated with the same `hydra.sweep.dir`, would mix their jobs; creating `multirun.yaml`
+    exclusively makes the second one stop instead.
+    """
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        one_line_errors(self._claim)(config)
+
+    @staticmethod
+    def _claim(config: DictConfig) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(sweep_dir / "multirun.yaml", "x", encoding="utf-8") as file:
+                file.write(OmegaConf.to_yaml(config))  # what Hydra's sweeper writes there next
+        except FileExistsError:
+            raise UserError(
+                f"{sweep_dir} already holds a sweep; give another hydra.sweep.dir= or delete that folder"
+            ) from None
+
+
+class SweepSummary(Callback):
+    """Writes summary.csv, summary.md and curves.png into the sweep folder when the sweep ends (hgmldl.sweep)."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        summarize(config.hydra.sweep.dir)
