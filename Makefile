@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 ARGS ?=
 
-.PHONY: help install data train test test-all lint format bench reproduce clean
+.PHONY: help install data train test test-all lint format bench reproduce notebooks clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,9 @@ bench: install data  ## speed: hgmldl's Trainer against a plain PyTorch loop, si
 
 reproduce: install data  ## every book experiment with 3 seeds → experiments/RESULTS.md (scripts/reproduce.py)
 	$(PY) scripts/reproduce.py $(ARGS)
+
+notebooks: install data  ## re-run every notebook in experiments/notebooks/ on the real data, outputs saved in place
+	cd experiments/notebooks && OMP_NUM_THREADS=1 ../../$(VENV)/bin/jupyter-execute --inplace --timeout=-1 *.ipynb
 
 clean:  ## remove run outputs (outputs/, multirun/), keeping data/ and .venv/
 	rm -rf outputs multirun .pytest_cache .ruff_cache
