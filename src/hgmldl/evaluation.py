@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from hgmldl.callbacks import ClassMetrics
 from hgmldl.files import write_text_atomic
 from hgmldl.hangul import padded
-from hgmldl.saving import describe, load_checkpoint
+from hgmldl.saving import describe, load_model
 from hgmldl.viz import class_names, plot_confusion_matrix, save_figure
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ SPLITS = ("val", "test")
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Writes evaluation.json, per_class_accuracy.csv and confusion_matrix_{val,test}.png into the run dir and
     returns what evaluation.json holds."""
-    module = load_checkpoint(cfg.ckpt_path)
+    module = load_model(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
     names = class_names(datamodule.dataset_class.__name__, cfg.classes)
     class_metrics = ClassMetrics()

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from hgmldl.hangul import padded
 from hgmldl.images import pick_image, read_image
-from hgmldl.saving import load_checkpoint
+from hgmldl.saving import load_model
 from hgmldl.viz import class_names, plot_prediction, save_figure
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """The class of one image (`image=<file>`, or `index` of `split`) and its ten probabilities; prediction.png."""
-    module = load_checkpoint(cfg.ckpt_path)
+    module = load_model(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
     names = class_names(datamodule.dataset_class.__name__, cfg.classes)
     if cfg.image:

@@ -13,8 +13,8 @@ from torch import nn
 
 from hgmldl.errors import UserError
 from hgmldl.images import pick_image
-from hgmldl.models import keras_init_
-from hgmldl.saving import describe, load_checkpoint
+from hgmldl.models import feature_extractor, keras_init_, keras_layers
+from hgmldl.saving import describe, load_model
 from hgmldl.viz import plot_feature_maps, plot_filters, plot_weight_histogram, save_figure
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 def visualize(cfg: DictConfig) -> dict[str, Any]:
     """8-3's pictures of a CNN checkpoint: conv1's kernels (trained and freshly Keras-initialised) as a histogram
     and a filter grid, and the feature maps of conv1 and conv2 (after their activation) for one image."""
-    module = load_checkpoint(cfg.ckpt_path)
+    module = load_model(cfg.ckpt_path)
     net = module.net
     convs = [index for index, layer in enumerate(net) if isinstance(layer, nn.Conv2d)]
     if not convs:
@@ -44,9 +44,10 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     image, label = pick_image(datamodule, cfg.split, cfg.index)
     with torch.inference_mode():
-        for number, index in enumerate(convs[:2], start=1):
-            # net[:index + 2] ends with the conv layer's activation, which Keras fuses into Conv2D.
-            maps = net[: index + 2](image[None])[0]
+        # The book's keras.Model(model.inputs, model.layers[0].output) and model.layers[2]: conv2d and conv2d_1.
+        layers = [name for name in keras_layers(net) if name.startswith("conv2d")]
+        for number, layer in enumerate(layers[:2], start=1):
+            maps = feature_extractor(net, layer)(image[None])[0]
             title = f"conv{number} feature maps of {cfg.split}[{cfg.index}] (label {label})"
             save_figure(plot_feature_maps(maps, columns=8, title=title), output_dir / f"conv{number}_feature_maps.png")
     log.info("pictures: %s", output_dir)
