@@ -31,7 +31,7 @@ from hgmldl.errors import UserError
 from hgmldl.history import read_history
 from hgmldl.images import split_images
 from hgmldl.module import Classifier
-from hgmldl.saving import load_checkpoint
+from hgmldl.saving import load_model
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/ and experiments/ beside src/
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -123,8 +123,9 @@ def load_data(split: str = "train", *overrides: str) -> tuple[torch.Tensor, torc
 
 
 def load(path: str | Path) -> Classifier:
-    """Keras' `load_model`: the model a checkpoint describes, with its weights, in eval mode."""
-    return load_checkpoint(path)
+    """Keras' `load_model`: the model a checkpoint (or a `.safetensors` file with its config) describes, with its
+    weights, in eval mode."""
+    return load_model(path)
 
 
 def compose_config(name: str, overrides: Sequence[str], output_dir: str | Path | None, **values: str) -> DictConfig:
