@@ -112,7 +112,7 @@ def feature_extractor(model: nn.Module, layer: int | str) -> nn.Sequential:
     `layer` is the book's index into `model.layers` (0 = the first Conv2D, 2 = the second) or the layer's Keras
     name (`conv2d`, `conv2d_1`, see `keras_layers`). The result shares the model's modules, so it computes with
     the trained weights: `feature_extractor(module, 0)(images)` gives conv1's maps after ReLU, (N, 32, 28, 28).
-    The last Dense gives logits: its softmax lives in the loss (see the module docstring).
+    The last Dense gives logits: its softmax lives in the loss. Index ↔ module table: docs/keras_layers.md.
     """
     net = getattr(model, "net", model)  # a Classifier or its nn.Sequential
     layers = keras_layers(net)
