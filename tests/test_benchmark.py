@@ -1,5 +1,6 @@
-"""scripts/benchmark.py reports both sides truthfully; the speed levers train exactly as before."""
+"""scripts/benchmark.py reports every side truthfully; the speed levers train exactly as before."""
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -19,19 +20,29 @@ from tests.conftest import ROOT
 BENCHMARK = [sys.executable, "scripts/benchmark.py"]
 
 
-def test_quick_benchmark_runs_both_sides_for_the_same_updates(tmp_path, idx_dir):
+@pytest.fixture
+def benchmark(monkeypatch):
+    """scripts/benchmark.py imported into this process, for what a subprocess cannot pretend."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import benchmark
+
+    return benchmark
+
+
+def test_quick_benchmark_runs_every_side_for_the_same_updates(tmp_path, idx_dir):
     out = tmp_path / "bench.json"
     command = [*BENCHMARK, "--quick", "--idx-dir", str(idx_dir), "--models", "cnn", "--threads", "1", "--out", str(out)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*command, "--textbook-step"], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(out.read_text())
     assert report["quick"] is True and report["epochs"] == 2
-    assert {"date", "machine", "versions", "cuda"} <= set(report)
+    assert {"command", "date", "machine", "cpu_bf16", "versions", "cuda"} <= set(report)
+    assert report["command"].endswith("--textbook-step") and report["steps_per_execution"] > 1
     assert [r["model"] for r in report["results"]] == ["cnn"]
     for r in report["results"]:
         # idx_dir holds 500 training images; the book's split keeps 400 for training.
         updates = 2 * math.ceil(400 / r["batch_size"])
-        for side in ("hgmldl", "plain"):
+        for side in ("hgmldl", "plain", "hgmldl_n1"):
             timings = r[side]
             assert timings["updates"] == updates
             assert len(timings["epoch_seconds"]) == 2 and min(timings["epoch_seconds"]) > 0
@@ -40,10 +51,91 @@ def test_quick_benchmark_runs_both_sides_for_the_same_updates(tmp_path, idx_dir)
             assert timings["updates_per_s"] == pytest.approx(updates / 2 / timings["median_s"])
             assert 0 <= timings["val_accuracy"] <= 1
         assert r["ratio"] == pytest.approx(r["hgmldl"]["median_s"] / r["plain"]["median_s"])
+        assert r["ratios"]["n1_over_hgmldl"] == pytest.approx(r["hgmldl_n1"]["median_s"] / r["hgmldl"]["median_s"])
+        # The same seed and data: steps_per_execution changes the speed, not what is learned.
+        assert r["hgmldl_n1"]["val_accuracy"] == pytest.approx(r["hgmldl"]["val_accuracy"], abs=1e-6)
         assert r["threads"] == 1
         assert r["startup_s"] > 0
         assert r["peak_rss_mb"]["process"] >= r["peak_rss_mb"]["hgmldl"] > 0
         assert f"| {r['model']} ({r['batch_size']}) | {r['hgmldl']['median_s']:.2f} " in result.stdout
+    assert "| hgmldl N=1 s/epoch (first) | N=1 ÷ hgmldl |" in result.stdout
+    assert result.stdout.startswith(f"`{report['command']}`, {report['date']}\n")
+
+
+@pytest.mark.slow  # TensorFlow's start-up and two processes taking turns
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs pip install -e '.[bench]'")
+def test_keras_column_from_the_books_code_on_the_same_data(tmp_path, idx_dir):
+    out = tmp_path / "bench.json"
+    command = [*BENCHMARK, "--idx-dir", str(idx_dir), "--epochs", "1", "--models", "softmax", "--threads", "1"]
+    result = subprocess.run(
+        [*command, "--keras", "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(out.read_text())
+    [r] = report["results"]
+    keras = r["keras"]
+    assert keras["updates"] == r["hgmldl"]["updates"] == math.ceil(400 / 32)  # the same split, batch and epochs
+    assert len(keras["epoch_seconds"]) == 1 and keras["median_s"] > 0
+    assert 0.5 < keras["val_accuracy"] <= 1  # the generated classes are easy: the book's model learns them
+    assert r["ratios"]["keras_over_hgmldl"] == pytest.approx(keras["median_s"] / r["hgmldl"]["median_s"])
+    assert {"tensorflow", "keras"} <= set(report["versions"])
+    assert r["tensorflow_imported"] is False  # TensorBoard's import of TensorFlow kept out of hgmldl's process
+    assert "| Keras s/epoch (first) | Keras ÷ hgmldl |" in result.stdout
+    assert f"| {keras['median_s']:.2f} ({keras['first_s']:.2f}) | {r['ratios']['keras_over_hgmldl']:.2f} |" in (
+        result.stdout
+    )
+
+
+def test_keras_without_tensorflow_says_how_to_install_it(benchmark, monkeypatch, idx_dir):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *args: None if name == "tensorflow" else real_find_spec(name, *args)
+    )
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--keras", "--quick", "--idx-dir", str(idx_dir)])
+    with pytest.raises(SystemExit) as exit:
+        benchmark.main()
+    assert exit.value.code == (
+        "error: --keras runs the book's Keras code, which needs tensorflow: pip install -e '.[bench]'"
+    )
+    assert "tensorflow" not in sys.modules  # looked up, never imported into hgmldl's process
+
+
+def test_bf16_on_a_cpu_without_it_is_one_line(benchmark, monkeypatch, idx_dir):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: {"avx2": True, "avx512_bf16": False})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--bf16", "--quick", "--idx-dir", str(idx_dir)])
+    with pytest.raises(SystemExit) as exit:
+        benchmark.main()
+    assert exit.value.code.startswith("error: --bf16 measures bfloat16 where it is computed in hardware")
+    assert "\n" not in exit.value.code
+
+
+def test_table_puts_plain_fp32_bf16_and_keras_side_by_side(benchmark):
+    def side(median: float) -> dict[str, float]:
+        return {"median_s": median, "first_s": median + 1, "updates_per_s": 1500 / median}
+
+    sides = {"hgmldl": side(1.0), "plain": side(0.8), "hgmldl_bf16": side(0.6), "keras": side(3.0)}
+    result = {
+        "model": "cnn",
+        "batch_size": 32,
+        **sides,
+        "ratio": 1.25,
+        "ratios": benchmark.ratios(sides),
+        "peak_rss_mb": {"hgmldl": 700, "process": 900},
+        "startup_s": 6.5,
+    }
+    heading, rule, row = benchmark.table([result]).splitlines()
+    assert heading == (
+        "| model (batch) | hgmldl s/epoch (first) | plain loop s/epoch (first) | hgmldl ÷ plain "
+        "| hgmldl bf16 s/epoch (first) | bf16 ÷ fp32 | Keras s/epoch (first) | Keras ÷ hgmldl | Keras ÷ bf16 "
+        "| updates/s hgmldl / plain | peak RSS MB hgmldl / process | start-up s |"
+    )
+    assert rule == "|---" * 12 + "|"
+    # 0.6 / 1.0, 3.0 / 1.0 and 3.0 / 0.6, worked out by hand.
+    assert row == (
+        "| cnn (32) | 1.00 (2.00) | 0.80 (1.80) | 1.25 | 0.60 (1.60) | 0.60 | 3.00 (4.00) | 3.00 | 5.00 "
+        "| 1500 / 1875 | 700 / 900 | 6.5 |"
+    )
 
 
 def test_quick_without_data_folder_is_one_line():
@@ -65,7 +157,11 @@ class UpdateCounter(L.Callback):
 def fit_one_epoch(make_cfg, *callbacks: L.Callback, precision: str = "32-true") -> tuple[Classifier, L.Trainer]:
     cfg = make_cfg("model=dropout_mlp")
     L.seed_everything(0)
-    module = Classifier(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer))
+    module = Classifier(
+        OmegaConf.to_container(cfg.model, resolve=True),
+        OmegaConf.to_container(cfg.optimizer),
+        steps_per_execution=cfg.steps_per_execution,  # 4: the plain updates run only with N > 1
+    )
     trainer = L.Trainer(
         max_epochs=1,
         accelerator="cpu",
