@@ -133,6 +133,7 @@ def test_the_imported_file_is_what_predict_and_visualize_load(tmp_path, rng, ima
     import_script(monkeypatch, str(source))
     assert capsys.readouterr().out == f"{source}: {CNN} -> {output}\n"
     np.testing.assert_allclose(torch_logits(load_model(output), images), keras_cnn(images, arrays), atol=1e-4)
+    np.testing.assert_allclose(torch_logits(load_model(source), images), keras_cnn(images, arrays), atol=1e-4)
     trained = Classifier(model={"_target_": "hgmldl.models.cnn"}, optimizer={})
     load_weights(trained, output)  # the layout of a model=cnn run, so the weights fit a trained CNN as well
     with pytest.raises(SystemExit, match=r"^error: -o model.pt: name the file \*.safetensors, the suffix .*$"):

@@ -96,8 +96,13 @@ def load_weights(module: Classifier, path: str | Path) -> Classifier:
 
 
 def load_model(path: str | Path | None) -> Classifier:
-    """Keras' `load_model` for either file that holds a model: a Lightning checkpoint, or a `.safetensors` file
-    with its model config (`save_weights`, scripts/import_keras.py). The latter has no optimizer: it predicts."""
+    """Keras' `load_model` for every file that holds a model: a Lightning checkpoint, a `.safetensors` file with
+    its model config (`save_weights`, scripts/import_keras.py), or the book's own Keras 3 `.keras` file. The latter
+    two have no optimizer: they predict and evaluate."""
+    if path is not None and Path(path).suffix in (".keras", ".h5"):
+        from hgmldl.keras_weights import import_keras  # imported here: it builds on this module, and needs h5py
+
+        return import_keras(path)
     if path is None or Path(path).suffix != ".safetensors":
         return load_checkpoint(path)
     path = check_readable(path, "weights file")
