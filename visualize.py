@@ -1,6 +1,6 @@
 """혼공머신 8-3's pictures of a CNN checkpoint: `python visualize.py ckpt_path=<run dir of model=cnn>/checkpoints/best.ckpt`.
 
-The book's own best-cnn-model.keras works too, once scripts/import_keras.py has made it a .safetensors file.
+The book's own trained model works too: ckpt_path=best-cnn-model.keras (see docs/keras_layers.md).
 Options: conf/visualize.yaml (`python visualize.py --help`); the PNGs go to the Hydra run dir.
 """
 
