@@ -65,7 +65,7 @@ def register_configs(experiments_dir: Path) -> None:
     """
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)
-    store.store(group="data", name="schema", node=DataSchema)
+    store.store(name="data_schema", node=DataSchema)  # a base of conf/data/*.yaml, not a dataset to choose
     for path in sorted(experiments_dir.glob("*.yaml")):
         store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
