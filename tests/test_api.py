@@ -158,3 +158,37 @@ def test_train_py_prints_the_books_output_and_no_third_party_warnings(small: lis
     assert "Epoch 1/1" in console
     for noise in ("Warning", "litlogger", "LeafSpec", "epoch_metrics", "MeanMetric", "already configured"):
         assert noise not in console
+
+
+def test_tensorboard_hparams_show_the_choices_under_readable_names(small: list[str], tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    run = hgmldl.fit(*small, "logger=tensorboard", "trainer.max_epochs=1", output_dir=tmp_path / "run").run_dir
+    scalars, hparams = set(), {}
+    for path in run.glob("events.out.tfevents.*"):
+        events = EventAccumulator(str(path))
+        events.Reload()
+        scalars |= set(events.Tags()["scalars"])
+        try:
+            content = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+        except KeyError:  # the events file of the curves
+            continue
+        start = plugin_data_pb2.HParamsPluginData.FromString(content).session_start_info
+        hparams = {name: getattr(value, value.WhichOneof("kind")) for name, value in start.hparams.items()}
+    # The curves under History's names; the final numbers together in one `final` group, not among the curves.
+    assert scalars == {"loss", "accuracy", "val_loss", "val_accuracy"} | {
+        f"final/{name}" for name in ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
+    }
+    # The default run (7-3's dropout model, adam) as a reader names it; no `data/_target_` internals.
+    assert hparams == {
+        "model": "mlp",
+        "hidden_units": "100",
+        "activation": "relu",
+        "dropout": 0.3,
+        "optimizer": "Adam",
+        "learning_rate": 0.001,
+        "batch_size": 32,
+        "epochs": 1,
+        "seed": 42,
+    }

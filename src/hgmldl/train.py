@@ -122,6 +122,7 @@ def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: dict[st
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, final)
+            logger.finalize("success")  # fit() closed the writer; this one reopened it: flush now, not at exit
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
