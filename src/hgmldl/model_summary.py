@@ -27,7 +27,8 @@ def summary(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> str
     training = net.training
     try:
         with torch.no_grad():
-            net.eval()(torch.zeros(1, *input_shape, device=next(net.parameters()).device))
+            weight = next(net.parameters())  # its device and dtype (trainer.precision=64-true makes it double)
+            net.eval()(torch.zeros(1, *input_shape, device=weight.device, dtype=weight.dtype))
     finally:
         net.train(training)
         for hook in hooks:
