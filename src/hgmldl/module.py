@@ -71,6 +71,16 @@ class Classifier(L.LightningModule):
         """Logits; `predict_step` turns them into Keras' softmax probabilities."""
         return self.net(images)
 
+    @property
+    def lr(self) -> float:
+        """The optimizer's learning rate, as a field that Lightning's learning-rate finder (Tuner.lr_find) reads
+        and sets: `optimizer.lr` in the config."""
+        return self.hparams.optimizer["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.hparams.optimizer["lr"] = value
+
     def configure_optimizers(self) -> Any:
         optimizer = instantiate(self.hparams.optimizer, params=self.parameters())
         if not self.hparams.scheduler:

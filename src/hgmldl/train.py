@@ -43,14 +43,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # only makes torch 2.14's optimizer.step() retry loading NVML on every update (~45 µs each).
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
-    module = Classifier(
-        model=OmegaConf.to_container(cfg.model, resolve=True),
-        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) or None,
-        steps_per_execution=cfg.steps_per_execution,
-        init=cfg.init.name,
-        compile=cfg.compile,
-    )
+    module = build_module(cfg)
     ckpt_path = cfg.ckpt_path or (resume_checkpoint(cfg.resume) if cfg.get("resume") else None)
     if ckpt_path not in (None, "last"):  # "last": Lightning's keyword for the run folder's own last.ckpt
         check_resumable(module, ckpt_path)
@@ -123,6 +116,17 @@ def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: dict[st
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, final)
             logger.finalize("success")  # fit() closed the writer; this one reopened it: flush now, not at exit
+
+
+def build_module(cfg: DictConfig) -> Classifier:
+    return Classifier(
+        model=OmegaConf.to_container(cfg.model, resolve=True),
+        optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
+        scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) or None,
+        steps_per_execution=cfg.steps_per_execution,
+        init=cfg.init.name,
+        compile=cfg.compile,
+    )
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:

@@ -1,0 +1,65 @@
+"""Keras' steps_per_execution: N updates per Lightning step compute what N Lightning steps compute."""
+
+import csv
+
+import pytest
+import torch
+from lightning.pytorch.core.optimizer import LightningOptimizer
+
+from hgmldl.data import TensorBatches
+from hgmldl.module import plain_update
+from hgmldl.train import run
+
+# The generated data of tests/conftest.py: 400 training images in minibatches of 32.
+UPDATES_PER_EPOCH = 13
+
+
+def read_history(path):
+    with open(path) as file:
+        return list(csv.DictReader(file))
+
+
+@pytest.mark.parametrize("model", ["dropout_mlp", "cnn"])
+def test_one_and_fifty_steps_per_execution_train_the_same_weights_and_history(make_cfg, tmp_path, model):
+    # Dropout draws from the same generator in the same order, so even the masks agree.
+    runs = {}
+    for n in (1, 50):
+        cfg = make_cfg(f"model={model}", f"steps_per_execution={n}", "callbacks=default", output_dir=tmp_path / f"n{n}")
+        if model == "cnn":
+            cfg.trainer.limit_train_batches = 4
+        metrics = run(cfg)
+        weights = torch.load(tmp_path / f"n{n}" / "checkpoints" / "last.ckpt", weights_only=True)
+        runs[n] = metrics, weights, read_history(tmp_path / f"n{n}" / "history.csv")
+    (metrics_1, weights_1, history_1), (metrics_50, weights_50, history_50) = runs[1], runs[50]
+    assert weights_1["global_step"] == weights_50["global_step"] == 2 * (4 if model == "cnn" else UPDATES_PER_EPOCH)
+    for name, tensor in weights_1["state_dict"].items():
+        torch.testing.assert_close(weights_50["state_dict"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+    for row_1, row_50 in zip(history_1, history_50, strict=True):
+        for column in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            assert float(row_50[column]) == pytest.approx(float(row_1[column]), rel=1e-5, abs=1e-6), column
+    assert metrics_50["test_accuracy"] == pytest.approx(metrics_1["test_accuracy"], abs=1e-6)
+
+
+def test_data_module_groups_the_minibatches_it_is_told_to():
+    images, labels = torch.rand(100, 1, 28, 28), torch.arange(100) % 10
+    steps = list(TensorBatches(images, labels, batch_size=8, steps_per_execution=5))
+    assert [len(step) for step in steps] == [5, 5, 3]  # 13 minibatches of at most 8
+    assert [len(labels) for step in steps for _, labels in step] == [8] * 12 + [4]
+    limited = TensorBatches(images, labels, batch_size=8, steps_per_execution=5, limit=7)
+    assert len(limited) == 2 and [len(step) for step in limited] == [5, 2]
+
+
+def test_plain_update_counts_as_lightnings_own_step_does():
+    """plain_update relies on LightningOptimizer's private step counting: this fails when Lightning changes it.
+
+    Lightning's manual loop installs the two hooks that count global_step; the test installs counters in their
+    place and checks plain_update calls each once, around the torch optimizer's own step()."""
+    weight = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
+    optimizer = LightningOptimizer(torch.optim.SGD([weight], lr=0.5))
+    calls = []
+    optimizer._on_before_step = lambda: calls.append(("before", weight.detach().clone()))
+    optimizer._on_after_step = lambda: calls.append(("after", weight.detach().clone()))
+    plain_update(optimizer, (weight**2).sum())  # gradient 2w: w - 0.5 * 2w = 0
+    assert [name for name, _ in calls] == ["before", "after"]
+    torch.testing.assert_close(calls[0][1], torch.tensor([1.0, -2.0]))
+    torch.testing.assert_close(calls[1][1], torch.zeros(2))

@@ -1,0 +1,229 @@
+"""Every Trainer option in conf/trainer/default.yaml runs, counted in minibatch updates for any steps_per_execution,
+or ends in one line before training."""
+
+import math
+import subprocess
+import sys
+
+import lightning as L
+import pytest
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from hgmldl.errors import UserError
+from hgmldl.train import build_module, build_trainer, run
+from tests.conftest import ROOT
+
+UPDATES_PER_EPOCH = 13  # tests/conftest.py's 400 training images in minibatches of 32
+
+
+class Recorder(L.Callback):
+    """What the Trainer did, seen from the outside: the weights and global_step after each update or execution,
+    and the update count at each validation."""
+
+    def __init__(self) -> None:
+        self.weights: list[torch.Tensor] = []
+        self.validated_at: list[int] = []
+        self.batches = {"val": 0, "test": 0}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.weights.append(torch.cat([p.detach().flatten() for p in pl_module.parameters()]))
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.validated_at.append(trainer.global_step)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if not trainer.sanity_checking:
+            self.batches["val"] += 1
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self.batches["test"] += 1
+
+
+def fit(cfg, test: bool = False) -> tuple[L.Trainer, Recorder]:
+    """run()'s module, data and Trainer, with a Recorder watching."""
+    module, datamodule, trainer = build_module(cfg), instantiate(cfg.data), build_trainer(cfg)
+    recorder = Recorder()
+    trainer.callbacks.append(recorder)
+    trainer.fit(module, datamodule=datamodule)
+    if test:
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    return trainer, recorder
+
+
+def test_every_listed_option_is_settable_without_plus(make_cfg):
+    listed = OmegaConf.load(ROOT / "conf" / "trainer" / "default.yaml")
+    for name in [
+        "gradient_clip_val",
+        "gradient_clip_algorithm",
+        "accumulate_grad_batches",
+        "max_steps",
+        "limit_train_batches",
+        "limit_val_batches",
+        "limit_test_batches",
+        "val_check_interval",
+        "check_val_every_n_epoch",
+        "log_every_n_steps",
+        "fast_dev_run",
+        "precision",
+        "profiler",
+        "detect_anomaly",
+        "deterministic",
+    ]:
+        assert name in listed, name
+    cfg = make_cfg("trainer.gradient_clip_val=0.5", "trainer.val_check_interval=4", "trainer.profiler=simple")
+    assert (cfg.trainer.gradient_clip_val, cfg.trainer.val_check_interval, cfg.trainer.profiler) == (0.5, 4, "simple")
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_max_steps_stops_after_exactly_that_many_updates(make_cfg, tmp_path, n):
+    metrics = run(make_cfg(f"steps_per_execution={n}", "trainer.max_steps=10", "callbacks=default", "model=softmax"))
+    last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 10
+    assert metrics["epochs"] == 1  # 10 of the first epoch's 13 updates
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_limit_batches_count_minibatches(make_cfg, n):
+    cfg = make_cfg(
+        f"steps_per_execution={n}",
+        "trainer.limit_train_batches=6",
+        "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=3",
+        "data.eval_batch_size=10",
+        "callbacks=default",
+    )
+    trainer, recorder = fit(cfg, test=True)
+    assert trainer.global_step == 2 * 6  # two epochs of six updates
+    assert recorder.batches == {"val": 2 * 2, "test": 3}
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_val_check_interval_counts_updates(make_cfg, n):
+    cfg = make_cfg(f"steps_per_execution={n}", "trainer.val_check_interval=4", "callbacks=default")
+    _, recorder = fit(cfg)
+    # Every 4 updates of each 13-update epoch.
+    assert recorder.validated_at == [4, 8, 12, 13 + 4, 13 + 8, 13 + 12]
+
+
+def test_val_check_interval_that_splits_an_execution_is_refused(make_cfg):
+    with pytest.raises(UserError, match=r"val_check_interval=6 .* multiple of 4"):
+        build_trainer(make_cfg("steps_per_execution=4", "trainer.val_check_interval=6"))
+
+
+def test_check_val_every_n_epoch_validates_every_other_epoch(make_cfg, tmp_path):
+    cfg = make_cfg("trainer.check_val_every_n_epoch=2", "trainer.max_epochs=4", "callbacks=default")
+    _, recorder = fit(cfg)
+    assert recorder.validated_at == [2 * UPDATES_PER_EPOCH, 4 * UPDATES_PER_EPOCH]
+
+
+def test_log_every_n_steps_is_counted_in_updates(make_cfg):
+    assert build_trainer(make_cfg("steps_per_execution=4", "trainer.log_every_n_steps=8")).log_every_n_steps == 2
+    assert build_trainer(make_cfg("steps_per_execution=1", "trainer.log_every_n_steps=8")).log_every_n_steps == 8
+    with pytest.raises(UserError, match="log_every_n_steps=6"):
+        build_trainer(make_cfg("steps_per_execution=4", "trainer.log_every_n_steps=6"))
+
+
+def test_log_every_n_steps_runs(make_cfg):
+    trainer, _ = fit(make_cfg("steps_per_execution=4", "trainer.log_every_n_steps=8", "trainer.max_epochs=1"))
+    assert trainer.global_step == UPDATES_PER_EPOCH and trainer.log_every_n_steps == 2
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_gradient_clipping_bounds_every_update(make_cfg, algorithm):
+    # Plain SGD moves the weights by lr × the clipped gradient: at most lr × clip per update, in norm or per element.
+    clip, lr = 1e-3, 0.1
+    cfg = make_cfg(
+        "steps_per_execution=1",
+        "optimizer=sgd",
+        f"optimizer.lr={lr}",
+        f"trainer.gradient_clip_val={clip}",
+        f"trainer.gradient_clip_algorithm={algorithm}",
+        "trainer.max_epochs=1",
+        "callbacks=default",
+        "model=softmax",
+    )
+    _, recorder = fit(cfg)
+    steps = torch.stack(recorder.weights).diff(dim=0)
+    bound = lr * clip * (1 + 1e-4)
+    sizes = steps.norm(dim=1) if algorithm == "norm" else steps.abs().amax(dim=1)
+    assert (sizes <= bound).all() and (sizes > bound / 2).all()  # clipped, and the gradients were larger than clip
+
+
+@pytest.mark.parametrize("option", ["gradient_clip_val=1.0", "accumulate_grad_batches=2"])
+def test_options_that_need_one_update_per_step_are_refused_before_training(make_cfg, option):
+    with pytest.raises(UserError, match=rf"trainer.{option.split('=')[0]} needs steps_per_execution=1"):
+        build_trainer(make_cfg("steps_per_execution=4", f"trainer.{option}"))
+
+
+def test_accumulate_grad_batches_makes_one_update_per_group(make_cfg):
+    trainer, _ = fit(make_cfg("steps_per_execution=1", "trainer.accumulate_grad_batches=2", "callbacks=default"))
+    assert trainer.global_step == 2 * math.ceil(UPDATES_PER_EPOCH / 2)
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_fast_dev_run_makes_one_update_and_one_epoch(make_cfg, tmp_path, n):
+    trainer, recorder = fit(make_cfg(f"steps_per_execution={n}", "trainer.fast_dev_run=true", "callbacks=default"))
+    assert trainer.global_step == 1 and trainer.current_epoch == 1 and len(recorder.weights) == 1
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_double_precision_trains(make_cfg, n):
+    trainer, recorder = fit(make_cfg(f"steps_per_execution={n}", "trainer.precision=64-true", "trainer.max_epochs=1"))
+    assert recorder.weights[-1].dtype == torch.float64 and trainer.global_step == UPDATES_PER_EPOCH
+
+
+def test_lightnings_own_refusal_of_a_precision_is_one_line(make_cfg):
+    with pytest.raises(UserError, match="^trainer: .*precision"):
+        build_trainer(make_cfg("trainer.precision=12-mixed"))
+
+
+def test_profiler_reports_where_the_time_went(make_cfg, caplog):
+    run(make_cfg("trainer.profiler=simple", "trainer.max_epochs=1", "callbacks=default"))
+    assert "FIT Profiler Report" in caplog.text and "run_training_epoch" in caplog.text
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_detect_anomaly_and_deterministic_run(make_cfg, n):
+    cfg = make_cfg(f"steps_per_execution={n}", "trainer.detect_anomaly=true", "trainer.deterministic=true")
+    trainer, _ = fit(cfg)
+    assert trainer.global_step == 2 * UPDATES_PER_EPOCH and torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(False)
+
+
+@pytest.mark.parametrize("strategy", ["ddp_spawn", "ddp_fork", "ddp_notebook"])
+def test_spawning_strategies_are_refused_in_one_line(make_cfg, strategy):
+    with pytest.raises(UserError, match=f"trainer.strategy={strategy} .* use trainer=ddp"):
+        build_trainer(make_cfg(f"trainer.strategy={strategy}"))
+
+
+def test_progress_bar_counts_updates_as_keras_does(make_cfg):
+    cfg = make_cfg("steps_per_execution=4", "trainer.enable_progress_bar=true", "trainer.max_epochs=1")
+    trainer, _ = fit(cfg)
+    bar = trainer.progress_bar_callback.train_progress_bar
+    assert (bar.n, bar.total) == (UPDATES_PER_EPOCH, UPDATES_PER_EPOCH)
+    assert trainer.global_step == UPDATES_PER_EPOCH
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["data.eval_batch_size=0"],
+        ["steps_per_execution=0"],
+        ["trainer.gradient_clip_val=1.0"],
+        ["trainer.strategy=ddp_spawn"],
+    ],
+)
+def test_bad_training_options_end_in_one_error_line(tmp_path, idx_dir, command):
+    data = [f"data.idx_dir={idx_dir}", f"data.root={tmp_path / 'data'}", "data.download=false"]
+    result = subprocess.run(
+        [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", *data, *command],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: "), result.stderr
