@@ -15,26 +15,35 @@ from hgmldl.module import Classifier
 from tests.conftest import ROOT
 
 
-def test_two_process_cpu_ddp_fit_logs_one_set_of_metrics(tmp_path, idx_dir):
+@pytest.mark.parametrize("steps_per_execution", [1, 3])
+def test_two_process_cpu_ddp_fit_logs_one_set_of_metrics(tmp_path, idx_dir, steps_per_execution):
     run_dir = tmp_path / "run"
     ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
     data = [
         f"data.idx_dir={idx_dir}",
         f"data.root={tmp_path / 'data'}",
         "data.download=false",
-        "steps_per_execution=2",
+        f"steps_per_execution={steps_per_execution}",
     ]
-    options = ["model=softmax", "callbacks=default", "logger=csv", "trainer.max_epochs=2"]
+    options = ["model=dropout_mlp", "callbacks=default", "logger=csv", "trainer.max_epochs=2"]
+    weights = ["++callbacks.weights._target_=tests.rank_weights.SaveWeights", f"++callbacks.weights.folder={tmp_path}"]
     result = subprocess.run(
-        [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *ddp, *data, *options],
+        [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *ddp, *data, *options, *weights],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
+    # The gradients were averaged over both processes at every update: both end with the same weights.
+    rank0, rank1 = (torch.load(tmp_path / f"weights_rank{rank}.pt") for rank in (0, 1))
+    for name, tensor in rank0.items():
+        torch.testing.assert_close(rank1[name], tensor, rtol=0, atol=0, msg=name)
+    # Each epoch line and the result line are printed once, by rank 0.
+    printed = result.stdout + result.stderr
+    assert printed.count("Epoch 1/2 ") == printed.count("Epoch 2/2 ") == printed.count("test_accuracy ") == 1
     # Lightning re-ran train.py for rank 1 with hydra.run.dir=<the same folder>: one folder, one .hydra.
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "run"]
+    assert sorted(path.name for path in tmp_path.glob("[!w]*")) == ["data", "run"]
     assert sorted(path.name for path in run_dir.glob("*.log")) == ["train.log", "train_ddp_process_1.log"]
     assert not (run_dir / ".hydra" / "multirun.yaml").exists() and len(list(run_dir.rglob("config.yaml"))) == 1
     # Rank 0 alone wrote history.csv and the logger's metrics.csv: one row per epoch.
