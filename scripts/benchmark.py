@@ -247,11 +247,15 @@ def run_model(
             )
         return processes[side]
 
-    def fail(side: str) -> None:
+    def fail(*sides: str) -> None:
+        """One side's failure ends the others (a guest waits for its turn, the host for a guest): shows the end of
+        each failed side's output, then one line."""
         for process in processes.values():
-            process.kill()  # a guest waiting for its turn, or a host waiting for a guest that failed
-        sys.stderr.write(logs[side].read_text()[-4000:])
-        sys.exit(f"error: {side} failed for model={model} (the end of its output is above)")
+            process.kill()
+            process.wait()
+        for side in sides:
+            sys.stderr.write(f"--- {side}, model={model}:\n{logs[side].read_text()[-3000:]}\n")
+        sys.exit(f"error: {', '.join(sides)} failed for model={model} (the end of the output is above)")
 
     # Guests start one after another and wait, ready, while the next one and then the host start up.
     host_fds: list[tuple[int, int]] = []
@@ -315,9 +319,8 @@ def run_model(
     host.returncode = os.waitstatus_to_exitcode(status)
     for side in guests:
         processes[side].wait()
-    for side, process in processes.items():
-        if process.returncode != 0:
-            fail(side)
+    if failed := [side for side, process in processes.items() if process.returncode != 0]:
+        fail(*failed)
 
     result = json.loads(out.read_text())
     sides = {side: summarise(result[side], epochs) for side in ("hgmldl", "plain")}
