@@ -30,7 +30,8 @@ def test_cpu_without_bf16_stops_before_training(make_cfg, monkeypatch, tmp_path)
     assert not (tmp_path / "data").exists()  # stopped before the data was read
 
 
-def test_cpu_with_bf16_trains_the_network_in_bf16(make_cfg, monkeypatch):
+@pytest.mark.parametrize("steps_per_execution", [1, 4])  # Lightning's automatic optimization, and ours
+def test_cpu_with_bf16_trains_the_network_in_bf16(make_cfg, monkeypatch, steps_per_execution):
     pretend_cpu(monkeypatch, avx2=True, avx512_bf16=True)
     logits_dtypes = []
 
@@ -40,7 +41,15 @@ def test_cpu_with_bf16_trains_the_network_in_bf16(make_cfg, monkeypatch):
 
     hook = nn.modules.module.register_module_forward_hook(record)
     try:
-        metrics = run(make_cfg("trainer=cpu_bf16", "model=cnn", "trainer.max_epochs=1", "callbacks=default"))
+        metrics = run(
+            make_cfg(
+                "trainer=cpu_bf16",
+                "model=cnn",
+                f"steps_per_execution={steps_per_execution}",
+                "trainer.max_epochs=1",
+                "callbacks=default",
+            )
+        )
     finally:
         hook.remove()
     # 400 training images in minibatches of 32: 13 forward passes, each under Lightning's bf16 autocast.
