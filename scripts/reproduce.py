@@ -1,12 +1,14 @@
 """Every book experiment (experiments/*.yaml) with N seeds → experiments/RESULTS.md and experiments/curves/*.png.
 
-    python scripts/reproduce.py                        # 3 seeds (42, 43, 44) on the real data: about an hour on 2 CPUs
+    python scripts/reproduce.py                        # 3 seeds (42, 43, 44) on the real data, on the CPU
     python scripts/reproduce.py --only ch8_2_cnn --seeds 1
     python scripts/reproduce.py data.idx_dir=~/mnist   # extra overrides go to every run
     python scripts/reproduce.py --quick --out /tmp/r   # every preset for one short epoch: checks the plumbing only
 
-Each run is `hgmldl.train.run` on the config `python train.py experiment=<preset>` composes (Hydra's Compose API);
-a preset that sets `hydra.sweeper.params` (ch7_2_optimizers) runs once per combination, as `-m` would.
+Each run is `hgmldl.train.run` on the config `python train.py experiment=<preset>` composes (Hydra's Compose API),
+all in this one process; a preset that sets `hydra.sweeper.params` (ch7_2_optimizers) runs once per combination,
+as `-m` would. What the book prints for a preset, and the band ours should fall in, is the preset's `book:` node.
+A run whose config equals an earlier one's (ch7_2_optimizers' adam is ch7_2_adam) is not trained twice.
 A run that fails with a UserError (no MNIST offline) is reported as not run, and the others go on. Finished runs
 in --runs-dir are reused, so a second call with the same --runs-dir resumes, adds seeds, or (--report-only) only
 rewrites the report (keeping its hand-written `## Notes`).
@@ -14,11 +16,13 @@ rewrites the report (keeping its hand-written `## Notes`).
 
 import argparse
 import datetime
+import itertools
 import json
 import logging
 import platform
 import statistics
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,14 +31,17 @@ import hydra
 import lightning
 import torch
 from hydra import compose, initialize_config_dir
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
 
 from hgmldl.config import register_configs
 from hgmldl.errors import UserError
 from hgmldl.files import write_text_atomic
+from hgmldl.history import read_history
+from hgmldl.saving import load_checkpoint
 from hgmldl.train import run
-from hgmldl.viz import plot_history, read_history, save_figure
+from hgmldl.viz import plot_history, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTES = "\n## Notes"  # RESULTS.md from this heading on is written by hand and survives a new report
@@ -46,48 +53,13 @@ QUICK = [
 ]
 
 
-@dataclass(frozen=True)
-class Anchor:
-    """One number the book prints, and the key of ours it compares with (see `scores`)."""
-
-    key: str
-    book: float | None
-    note: str
-
-
-# What each book cell returns (../shared book reference; Keras-3 progress-bar text is not used).
-ANCHORS: dict[str, list[Anchor]] = {
-    "ch7_1_sgd_baseline": [Anchor("val_accuracy", 0.8196, "mean cross_validate test_score")],
-    "ch7_1_softmax": [Anchor("val_accuracy", 0.8458, "evaluate(val); TF 2.14 run 0.8465")],
-    "ch7_2_sigmoid": [Anchor("accuracy", 0.878, "epoch-5 train accuracy; TF 2.14 run 0.8782")],
-    "ch7_2_relu": [Anchor("val_accuracy", 0.8665, "evaluate(val); TF 2.14 run 0.8726")],
-    "ch7_2_deep": [Anchor("val_accuracy", None, "the book only prints summary(): 99,710 params")],
-    "ch7_2_adam": [Anchor("val_accuracy", 0.8726, "evaluate(val); TF 2.14 run 0.8763")],
-    "ch7_2_optimizers": [Anchor("val_accuracy", None, "the book only compiles these")],
-    "ch7_3_overfit": [
-        Anchor("val_loss[2]", 0.38, "plot: val_loss bottoms ≈0.38 near epoch index 2"),
-        Anchor("min_val_loss_epoch", 2, "0-based epoch of the lowest val_loss"),
-        Anchor("val_loss", 0.55, "plot: ≈0.55 at epoch index 19"),
-    ],
-    "ch7_3_dropout": [Anchor("val_loss", 0.325, "plot: val_loss flat ≈0.32–0.33")],
-    "ch7_3_callbacks": [
-        Anchor("val_accuracy", 0.8859, "evaluate(val), best weights; runs 0.877–0.886"),
-        Anchor("stopped_epoch", 16, "early_stopping_cb.stopped_epoch; runs 7–16"),
-    ],
-    "ch8_2_cnn": [
-        Anchor("val_accuracy", 0.9201, "evaluate(val); runs 0.915–0.923"),
-        Anchor("test_accuracy", 0.9125, "evaluate(test); runs 0.909–0.917"),
-    ],
-    "dlp2_ch2_mnist": [Anchor("test_accuracy", 0.979, "evaluate(test) 0.978–0.980")],
-}
-
-
 @dataclass
 class Job:
     """One preset, or one combination of its sweep, over every seed."""
 
     preset: str
     overrides: list[str]
+    book: list[dict[str, Any]]  # the preset's `book:` entries: key, value, band, what, [checkpoint]
     scores: list[dict[str, Any]] = field(default_factory=list)
     histories: list[list[dict[str, float]]] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
@@ -111,19 +83,21 @@ def main(argv: list[str] | None = None) -> None:
     unknown = set(args.only or []) - set(found)
     if unknown:
         sys.exit(f"error: no preset {', '.join(sorted(unknown))} in experiments/; choose from {', '.join(found)}")
-    presets = args.only or sorted(
-        found, key=lambda name: list(ANCHORS).index(name) if name in ANCHORS else len(ANCHORS)
-    )
+    presets = args.only or found
     seeds = [args.first_seed + i for i in range(args.seeds or (1 if args.quick else 3))]
     overrides = [*(QUICK if args.quick else []), *args.overrides]
     runs_dir = args.runs_dir or ROOT / "outputs" / "reproduce" / datetime.datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
-    started = datetime.datetime.now(datetime.UTC)
-    jobs = []
+    started, start = datetime.datetime.now(datetime.UTC), time.perf_counter()
+    jobs: list[Job] = []
+    trained: dict[str, Path] = {}  # config → the run folder that trained it
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         for preset in presets:
+            preset_start = time.perf_counter()
             for job in sweep_jobs(preset, overrides):
-                run_job(job, seeds, overrides, runs_dir, train=not args.report_only)
+                run_job(job, seeds, overrides, runs_dir, trained, train=not args.report_only)
                 jobs.append(job)
+            print(f"{preset}: {time.perf_counter() - preset_start:.0f} s", flush=True)
+    print(f"all presets: {time.perf_counter() - start:.0f} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     for preset in presets:
         plot_curves([job for job in jobs if job.preset == preset], args.out / "curves" / f"{preset}.png")
@@ -148,15 +122,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sweep_jobs(preset: str, overrides: list[str]) -> list[Job]:
-    """One job per combination of the preset's `hydra.sweeper.params`, expanded by Hydra's basic sweeper."""
+    """One job per combination of the preset's `hydra.sweeper.params`, in the order `-m` runs them."""
     cfg = compose("train", [f"experiment={preset}", *overrides], return_hydra_config=True)
+    book = OmegaConf.to_container(cfg.book) if cfg.get("book") else [{"key": "val_accuracy", "what": ""}]
     params = cfg.hydra.sweeper.params or {}
-    parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
-    [combinations] = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-    return [Job(preset, combination) for combination in combinations]
+    choices = [
+        [f"{sweep.get_key_element()}={value}" for value in sweep.sweep_string_iterator()]
+        if sweep.is_sweep_override()
+        else [f"{sweep.get_key_element()}={sweep.get_value_element_as_str()}"]
+        for sweep in OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+    ]
+    return [Job(preset, list(combination), book) for combination in itertools.product(*choices)]
 
 
-def run_job(job: Job, seeds: list[int], overrides: list[str], runs_dir: Path, train: bool = True) -> None:
+def run_job(
+    job: Job, seeds: list[int], overrides: list[str], runs_dir: Path, trained: dict[str, Path], train: bool = True
+) -> None:
     baseline = compose("train", [f"experiment={job.preset}", *overrides]).get("baseline") is not None
     for seed in seeds[:1] if baseline else seeds:  # the baseline's random_state is fixed: one run says it all
         output_dir = runs_dir / "_".join([job.preset, *job.overrides]).replace("=", "-") / f"seed{seed}"
@@ -166,12 +147,16 @@ def run_job(job: Job, seeds: list[int], overrides: list[str], runs_dir: Path, tr
                 f"experiment={job.preset}",
                 *job.overrides,
                 f"seed={seed}",
-                f"output_dir={output_dir}",
                 "trainer.enable_progress_bar=false",
                 "~logger",  # history.csv holds every curve the report needs
                 *overrides,
             ],
         )
+        # The same config and seed train the same weights: ch7_2_optimizers' rmsprop and adam are ch7_2_relu and
+        # ch7_2_adam, ch7_3_checkpoint is ch7_3_dropout; their runs are reported again, not trained again.
+        identity = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "book"]))
+        output_dir = trained.setdefault(identity, output_dir)
+        cfg.output_dir = str(output_dir)
         finished, failed = output_dir / "metrics.json", output_dir / "error.txt"
         if not (train or finished.exists()):
             job.error = failed.read_text().strip() if failed.exists() else job.error
@@ -179,13 +164,13 @@ def run_job(job: Job, seeds: list[int], overrides: list[str], runs_dir: Path, tr
         print(f"{job.name} seed={seed} → {output_dir}", flush=True)
         try:  # a finished run in --runs-dir is reused: an interrupted reproduction goes on where it stopped
             metrics = json.loads(finished.read_text()) if finished.exists() else run(cfg)
+            history = read_history(output_dir / "history.csv") if (output_dir / "history.csv").exists() else []
+            job.scores.append(scores(metrics, history) | reloaded(job.book, cfg, output_dir))
         except UserError as error:
             job.error = " ".join(str(error).split())  # one line for the table
             write_text_atomic(failed, job.error + "\n")  # for --report-only; a new run tries again
             print(f"  not run: {error}", flush=True)
             return
-        history = read_history(output_dir / "history.csv") if (output_dir / "history.csv").exists() else []
-        job.scores.append(scores(metrics, history))
         job.histories.append(history)
         job.seeds.append(seed)
         job.device = "cpu" if cfg.trainer.accelerator == "cpu" or not torch.cuda.is_available() else "cuda"
@@ -193,14 +178,33 @@ def run_job(job: Job, seeds: list[int], overrides: list[str], runs_dir: Path, tr
 
 
 def scores(metrics: dict[str, Any], history: list[dict[str, float]]) -> dict[str, Any]:
-    """metrics.json, plus what the book reads off its History plots: val_loss[epoch], the epoch of the lowest
-    val_loss, the last epoch's train accuracy."""
+    """metrics.json, plus what the book reads off its History plots: val_loss[epoch], the lowest val_loss and its
+    epoch, the last epoch's train accuracy."""
     result = dict(metrics)
     if history:
+        result |= {"accuracy": history[-1]["accuracy"]}
+        result["epoch_time"] = statistics.mean(row["time"] for row in history)
+    if history and "val_loss" in history[0]:
         lowest = min(history, key=lambda row: row["val_loss"])
         result |= {f"val_loss[{int(row['epoch'])}]": row["val_loss"] for row in history}
-        result |= {"accuracy": history[-1]["accuracy"], "min_val_loss_epoch": int(lowest["epoch"])}
-        result["epoch_time"] = statistics.mean(row["time"] for row in history)
+        result |= {"min_val_loss": lowest["val_loss"], "min_val_loss_epoch": int(lowest["epoch"])}
+    return result
+
+
+def reloaded(book: list[dict[str, Any]], cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """The book's load_model(…).evaluate(val) for the checkpoints its `book:` entries name (`checkpoint: best` or
+    `last`): that file loaded into a fresh model, then the Trainer's validate. Kept beside the run's metrics.json."""
+    result = {}
+    for which in sorted({entry["checkpoint"] for entry in book if entry.get("checkpoint")}):
+        saved = output_dir / f"reloaded_{which}.json"
+        if not saved.exists():
+            model = load_checkpoint(output_dir / "checkpoints" / f"{which}.ckpt")
+            trainer = lightning.Trainer(
+                accelerator=cfg.trainer.accelerator, devices=1, logger=False, enable_progress_bar=False
+            )
+            [metrics] = trainer.validate(model, datamodule=instantiate(cfg.data), verbose=False)
+            write_text_atomic(saved, json.dumps(metrics, indent=2) + "\n")
+        result |= {f"{key}@{which}": value for key, value in json.loads(saved.read_text()).items()}
     return result
 
 
@@ -222,43 +226,63 @@ def report(jobs: list[Job], seeds: list[int], started: datetime.datetime, argv: 
         "# Book experiments: reproduction report",
         "",
         f"Written by `python scripts/reproduce.py {' '.join(argv)}`".rstrip() + f" on {started:%Y-%m-%d %H:%M} UTC.",
-        f"Seeds {', '.join(map(str, seeds))}; ours = mean ± standard deviation over the n runs of each row.",
+        f"Seeds {', '.join(map(str, seeds))}; ours = mean ± standard deviation over the n runs of each row; "
+        "in band = our mean inside the band of the book's printed runs (each preset's `book:` node says which).",
         f"Versions: torch {torch.__version__}, lightning {lightning.__version__}, hydra-core {hydra.__version__}, "
         f"python {platform.python_version()}.",
         f"Machine: {device()}, {platform.platform()}.",
         "",
-        "| preset | command | book | ours | params | epochs run (stopped epoch) | s/epoch | device |",
-        "|---|---|---|---|---|---|---|---|",
+        "| preset | command | book | ours | in band | params | epochs run (stopped epoch) | s/epoch | s/run | device |",
+        "|---" * 10 + "|",
         *(table_row(job) for job in jobs),
     ]
     errors = [f"- {job.name}: `` error: {job.error} ``" for job in jobs if job.error]  # `` as the message may hold `
     return "\n".join([*lines, *(["", "Not run:", "", *errors] if errors else [])]) + "\n"
 
 
+def score_key(entry: dict[str, Any]) -> str:
+    return f"{entry['key']}@{entry['checkpoint']}" if entry.get("checkpoint") else entry["key"]
+
+
+def label(entry: dict[str, Any]) -> str:
+    return f"{entry['key']} of {entry['checkpoint']}.ckpt reloaded" if entry.get("checkpoint") else entry["key"]
+
+
+def book_cell(entry: dict[str, Any]) -> str:
+    if entry.get("value") is None:
+        return f"– ({entry['what']})" if entry["what"] else "–"
+    low, high = entry["band"]
+    return f"{label(entry)} {entry['value']:g}, band {low:g}–{high:g} ({entry['what']})"
+
+
 def table_row(job: Job) -> str:
-    anchors = ANCHORS.get(job.preset, [Anchor("val_accuracy", None, "")])
-    book = "<br>".join(f"{a.key} {a.book:g} ({a.note})" if a.book is not None else a.note for a in anchors)
+    book = "<br>".join(map(book_cell, job.book))
     if not job.scores:
         ours = "not run (error below)" if job.error else "not run"
-        return f"| {job.name} | `{job.command}` | {book} | {ours} | | | | |"
-    ours = []
-    for anchor in anchors:
-        values = [score[anchor.key] for score in job.scores if anchor.key in score]
-        if not values:  # e.g. val_loss[2] of a run shorter than 3 epochs (--quick)
-            ours.append(f"{anchor.key} –")
+        return f"| {job.name} | `{job.command}` | {book} | {ours} | | | | | | |"
+    ours, inside = [], []
+    for entry in job.book:
+        values = [score[score_key(entry)] for score in job.scores if score_key(entry) in score]
+        if not values:  # e.g. val_loss[19] of a run shorter than 20 epochs (--quick)
+            ours.append(f"{label(entry)} –")
+            inside.append("–")
             continue
         digits = 1 if all(isinstance(value, int) for value in values) else 4  # epochs, or accuracies and losses
+        mean = statistics.mean(values)
         spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
-        ours.append(f"{anchor.key} {statistics.mean(values):.{digits}f}{spread} (n={len(values)})")
+        ours.append(f"{label(entry)} {mean:.{digits}f}{spread} (n={len(values)})")
+        band = entry.get("band")
+        inside.append("–" if band is None else "inside" if band[0] <= mean <= band[1] else "**outside**")
     epochs = ", ".join(
         f"{s['epochs']} ({s['stopped_epoch']})" if s["stopped_epoch"] else str(s["epochs"])
         for s in job.scores
         if "epochs" in s
     )
     times = [s["epoch_time"] for s in job.scores if "epoch_time" in s]
-    epoch_time = f"{statistics.mean(times):.1f}" if times else f"{job.scores[0]['wall_time']:.0f} s in all"
-    cells = [job.name, f"`{job.command}`", book, "<br>".join(ours), f"{job.scores[0]['params']:,}"]
-    return "| " + " | ".join([*cells, epochs or "–", epoch_time, job.device]) + " |"
+    epoch_time = f"{statistics.mean(times):.1f}" if times else "–"
+    run_time = f"{statistics.mean(s['wall_time'] for s in job.scores):.0f}"
+    cells = [job.name, f"`{job.command}`", book, "<br>".join(ours), "<br>".join(inside), f"{job.scores[0]['params']:,}"]
+    return "| " + " | ".join([*cells, epochs or "–", epoch_time, run_time, job.device]) + " |"
 
 
 def device() -> str:

@@ -24,18 +24,21 @@ from tests.test_train import read_history
 
 PRESETS = sorted(path.stem for path in (ROOT / "experiments").glob("*.yaml"))
 
-# What each book cell builds: parameters (summary()), optimizer, epochs, EarlyStopping, hidden activations.
+# What each book cell builds: parameters (summary()), optimizer, epochs, EarlyStopping, hidden activations and dropout.
 BOOK = {
     "ch7_1_softmax": (7_850, "RMSprop", 5, False, []),
     "ch7_2_sigmoid": (79_510, "RMSprop", 5, False, [nn.Sigmoid]),
     "ch7_2_relu": (79_510, "RMSprop", 5, False, [nn.ReLU]),
-    "ch7_2_deep": (99_710, "RMSprop", 5, False, [nn.Sigmoid, nn.Sigmoid, nn.ReLU]),
+    "ch7_2_deep": (99_710, "RMSprop", 5, False, [nn.Sigmoid, nn.Sigmoid, nn.ReLU]),  # the study notes' variant
     "ch7_2_adam": (79_510, "Adam", 5, False, [nn.ReLU]),
     "ch7_2_optimizers": (79_510, "RMSprop", 5, False, [nn.ReLU]),
     "ch7_3_overfit": (79_510, "RMSprop", 20, False, [nn.ReLU]),
-    "ch7_3_dropout": (79_510, "Adam", 20, False, [nn.ReLU]),
-    "ch7_3_callbacks": (79_510, "Adam", 20, True, [nn.ReLU]),
-    "ch8_2_cnn": (333_526, "Adam", 20, True, [nn.ReLU, nn.ReLU, nn.ReLU]),
+    "ch7_3_adam": (79_510, "Adam", 20, False, [nn.ReLU]),
+    "ch7_3_dropout": (79_510, "Adam", 20, False, [nn.ReLU, nn.Dropout]),
+    "ch7_3_save_load": (79_510, "Adam", 10, False, [nn.ReLU, nn.Dropout]),
+    "ch7_3_checkpoint": (79_510, "Adam", 20, False, [nn.ReLU, nn.Dropout]),
+    "ch7_3_callbacks": (79_510, "Adam", 20, True, [nn.ReLU, nn.Dropout]),
+    "ch8_2_cnn": (333_526, "Adam", 20, True, [nn.ReLU, nn.ReLU, nn.ReLU, nn.Dropout]),
     "dlp2_ch2_mnist": (407_050, "RMSprop", 5, False, [nn.ReLU]),
 }
 
@@ -57,7 +60,7 @@ def test_preset_composes_to_the_books_model(name):
     cfg = compose_preset(name, "output_dir=unused")
     module = Classifier(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer))
     assert sum(p.numel() for p in module.parameters()) == params
-    assert [type(layer) for layer in module.net if type(layer) in (nn.ReLU, nn.Sigmoid)] == activations
+    assert [type(layer) for layer in module.net if type(layer) in (nn.ReLU, nn.Sigmoid, nn.Dropout)] == activations
     assert type(module.configure_optimizers()).__name__ == optimizer
     assert cfg.trainer.max_epochs == epochs
     assert ("early_stopping" in cfg.callbacks) == early_stopping
@@ -71,9 +74,31 @@ def test_sgd_baseline_preset_is_the_books_estimator():
     assert (estimator.loss, estimator.max_iter, estimator.random_state) == ("log_loss", 5, 42)
 
 
-def test_optimizers_preset_sweeps_the_five_optimizers_of_7_2():
+def test_optimizers_preset_sweeps_the_six_optimizers_of_7_2():
     cfg = compose_preset("ch7_2_optimizers", hydra_node=True)
-    assert cfg.hydra.sweeper.params == {"optimizer": "sgd,nesterov,adagrad,rmsprop,adam"}
+    assert cfg.hydra.sweeper.params == {"optimizer": "sgd,sgd_lr0.1,nesterov,adagrad,rmsprop,adam"}
+    sgd = compose_preset("ch7_2_optimizers", "optimizer=sgd_lr0.1").optimizer
+    assert (sgd._target_, sgd.lr, sgd.momentum) == ("torch.optim.SGD", 0.1, 0.0)  # SGD(learning_rate=0.1)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_every_preset_states_what_the_book_prints_and_its_band(name):
+    entries = compose_preset(name).book
+    assert entries and all(entry.key and entry.what for entry in entries)
+    for entry in entries:
+        if entry.get("value") is not None:
+            low, high = entry.band
+            assert low <= entry.value <= high
+        assert entry.get("checkpoint") in (None, "best", "last")
+    numbers = [entry for entry in entries if entry.get("value") is not None]
+    assert bool(numbers) == (name not in ("ch7_2_deep", "ch7_2_optimizers"))  # the two cells the book never trains
+
+
+def test_book_node_does_not_reach_training(make_cfg):
+    """train.py composes a preset's `book:` and ignores it: it is in neither the model nor the hyperparameters."""
+    cfg = make_cfg("experiment=ch7_3_checkpoint")
+    assert cfg.book[0].value == 0.8871
+    assert "book" not in OmegaConf.to_container(cfg.model) and "book" not in cfg.callbacks
 
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=5, as in the book
@@ -132,37 +157,46 @@ def reproduce():
 def table_rows(report: str) -> list[list[str]]:
     lines = [line for line in report.splitlines() if line.startswith("|")]
     header, rule, *rows = lines
-    assert header.split(" | ")[:4] == ["| preset", "command", "book", "ours"]
-    assert rule == "|---" * 8 + "|"
+    assert header.split(" | ")[:5] == ["| preset", "command", "book", "ours", "in band"]
+    assert rule == "|---" * 10 + "|"
     return [[cell.strip() for cell in row.strip("|").split(" | ")] for row in rows]
 
 
 def test_quick_reproduction_writes_a_table_of_every_job(reproduce, tmp_path, idx_dir):
-    presets = ["ch7_1_sgd_baseline", "ch7_1_softmax", "ch7_2_optimizers", "ch7_3_overfit", "ch8_2_cnn"]
+    presets = ["ch7_1_sgd_baseline", "ch7_1_softmax", "ch7_2_adam", "ch7_2_optimizers", "ch7_3_overfit", "ch8_2_cnn"]
     common = [f"data.idx_dir={idx_dir}", f"data.root={tmp_path / 'data'}", "data.download=false"]
     reproduce("--quick", "--only", *presets, "--out", tmp_path, "--runs-dir", tmp_path / "runs", *common)
     rows = table_rows((tmp_path / "RESULTS.md").read_text())
-    optimizers = [f"ch7_2_optimizers optimizer={name}" for name in ("sgd", "nesterov", "adagrad", "rmsprop", "adam")]
+    optimizers = ["sgd", "sgd_lr0.1", "nesterov", "adagrad", "rmsprop", "adam"]
     assert [row[0] for row in rows] == [
         "ch7_1_sgd_baseline",
         "ch7_1_softmax",
-        *optimizers,
+        "ch7_2_adam",
+        *(f"ch7_2_optimizers optimizer={name}" for name in optimizers),
         "ch7_3_overfit",
         "ch8_2_cnn",
     ]
-    assert all(len(row) == 8 and row[-1] == "cpu" for row in rows)
+    assert all(len(row) == 10 and row[-1] == "cpu" for row in rows)
     softmax = json.loads((tmp_path / "runs" / "ch7_1_softmax" / "seed42" / "metrics.json").read_text())
     assert rows[1][1] == "`python train.py experiment=ch7_1_softmax`"
+    assert rows[1][2] == (
+        "val_accuracy 0.8458, band 0.8358–0.8565 (evaluate(val) accuracy; TF 2.14 run 0.8465)"
+    )  # from the preset's book: node
     assert rows[1][3] == f"val_accuracy {softmax['val_accuracy']:.4f} (n=1)"
-    assert rows[1][4:6] == ["7,850", "1"]
+    assert rows[1][4] == ("inside" if 0.8358 <= softmax["val_accuracy"] <= 0.8565 else "**outside**")
+    assert rows[1][5:7] == ["7,850", "1"]
+    # ch7_2_optimizers' adam has ch7_2_adam's config and seed: reported from that run, not trained again.
+    assert rows[-3][0] == "ch7_2_optimizers optimizer=adam" and rows[-3][3] == rows[2][3]
+    assert not (tmp_path / "runs" / "ch7_2_optimizers_optimizer-adam").exists()
+    assert (tmp_path / "runs" / "ch7_2_optimizers_optimizer-sgd_lr0.1" / "seed42" / "metrics.json").is_file()
     cnn = json.loads((tmp_path / "runs" / "ch8_2_cnn" / "seed42" / "metrics.json").read_text())
     ours = f"val_accuracy {cnn['val_accuracy']:.4f} (n=1)<br>test_accuracy {cnn['test_accuracy']:.4f} (n=1)"
     assert rows[-1][3] == ours
-    overfit = json.loads((tmp_path / "runs" / "ch7_3_overfit" / "seed42" / "metrics.json").read_text())
-    assert rows[-2][3] == f"val_loss[2] –<br>min_val_loss_epoch 0.0 (n=1)<br>val_loss {overfit['val_loss']:.4f} (n=1)"
+    assert rows[-2][3] == "val_loss[2] –<br>min_val_loss_epoch 0.0 (n=1)<br>val_loss[19] –"  # 1 epoch of 20
     curves = sorted(path.name for path in (tmp_path / "curves").iterdir())
     assert curves == [
         "ch7_1_softmax.png",
+        "ch7_2_adam.png",
         "ch7_2_optimizers.png",
         "ch7_3_overfit.png",
         "ch8_2_cnn.png",
@@ -179,6 +213,28 @@ def test_quick_reproduction_writes_a_table_of_every_job(reproduce, tmp_path, idx
     report = (tmp_path / "RESULTS.md").read_text()
     assert table_rows(report) == [rows[1]]
     assert report.endswith("|\n\n## Notes\n\nBy hand.\n")
+
+
+def test_save_load_and_checkpoint_rows_come_from_the_reloaded_checkpoint(reproduce, tmp_path, idx_dir):
+    """7-3's load_weights + predict and load_model('best-model.keras') + evaluate: the number is that file's."""
+    common = [f"data.idx_dir={idx_dir}", f"data.root={tmp_path / 'data'}", "data.download=false"]
+    # "Best" turned round (the highest val_loss) so that, as the loss falls, best.ckpt is epoch 0 and last.ckpt epoch 3.
+    options = ["--out", tmp_path, "--runs-dir", tmp_path / "runs", *common, "trainer.max_epochs=4"]
+    reproduce(
+        "--only", "ch7_3_save_load", "ch7_3_checkpoint", "--seeds", 1, *options, "callbacks.model_checkpoint.mode=max"
+    )
+    rows = table_rows((tmp_path / "RESULTS.md").read_text())
+    # At 4 epochs both presets are the same config: one training, its last.ckpt for one row, best.ckpt for the other.
+    run_dir = tmp_path / "runs" / "ch7_3_save_load" / "seed42"
+    assert not (tmp_path / "runs" / "ch7_3_checkpoint").exists()
+    history = read_history(run_dir / "history.csv")
+    best = max(range(4), key=lambda i: float(history[i]["val_loss"]))
+    assert best != 3
+    for row, which, epoch in zip(rows, ["last", "best"], [3, best], strict=True):
+        reloaded = json.loads((run_dir / f"reloaded_{which}.json").read_text())
+        assert row[3] == f"val_accuracy of {which}.ckpt reloaded {reloaded['val_accuracy']:.4f} (n=1)"
+        assert reloaded["val_loss"] == pytest.approx(float(history[epoch]["val_loss"]), rel=1e-5)
+        assert reloaded["val_accuracy"] == pytest.approx(float(history[epoch]["val_accuracy"]), abs=1e-6)
 
 
 def test_reproduction_reports_a_preset_that_cannot_run(reproduce, tmp_path):
