@@ -98,12 +98,16 @@ def test_fit_errors_are_one_line(small: list[str], tmp_path: Path, override: str
     assert raised.value._render_traceback_() == [f"error: {raised.value}"]
 
 
-def test_evaluate_predict_and_load_read_the_checkpoint_fit_wrote(small: list[str], tmp_path: Path) -> None:
+def test_evaluate_predict_and_load_read_the_checkpoint_fit_wrote(
+    small: list[str], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     history = hgmldl.fit(*small, "callbacks=default", "trainer.max_epochs=1", output_dir=tmp_path / "run")
     checkpoint = history.run_dir / "checkpoints" / "last.ckpt"
     data = [override for override in small if override.startswith("data.")]
 
+    caplog.clear()
     results = hgmldl.evaluate(checkpoint, *data, output_dir=tmp_path / "evaluate")
+    assert "val_accuracy" in caplog.text and "litmodels" not in caplog.text  # the table, not Lightning's tip
     assert results["val_loss"] == pytest.approx(history.metrics["val_loss"], abs=1e-5)
     assert results["test_accuracy"] == pytest.approx(history.metrics["test_accuracy"], abs=1e-6)
 
@@ -156,7 +160,7 @@ def test_train_py_prints_the_books_output_and_no_third_party_warnings(small: lis
     assert run.returncode == 0, console
     assert "Total params: 79,510" in console
     assert "Epoch 1/1" in console
-    for noise in ("Warning", "litlogger", "LeafSpec", "epoch_metrics", "MeanMetric", "already configured"):
+    for noise in ("Warning", "litlogger", "litmodels", "LeafSpec", "epoch_metrics", "MeanMetric", "already configured"):
         assert noise not in console
 
 

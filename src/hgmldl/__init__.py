@@ -10,10 +10,10 @@ import warnings
 
 # What a run prints is the book's output and the project's own messages. These third-party lines are not:
 # TensorBoard imports TensorFlow where it is installed, whose C++ start-up notes (CPU instructions) print as INFO;
-# Lightning 2.6 advertises its cloud logger at every Trainer start, notes that our Keras-style summary replaces
-# its own, and calls a pytree API that torch 2.14 deprecated.
+# Lightning 2.6 advertises its cloud logger and checkpoint store at every Trainer start, notes that our Keras-style
+# summary replaces its own, and calls a pytree API that torch 2.14 deprecated.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's warnings and errors still print
-LIGHTNING_NOISE = ("litlogger", "Trainer already configured with model summary callbacks")
+LIGHTNING_NOISE = ("litlogger", "litmodels", "Trainer already configured with model summary callbacks")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not any(text in record.getMessage() for text in LIGHTNING_NOISE)
 )
