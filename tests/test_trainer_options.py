@@ -1,6 +1,7 @@
 """Every Trainer option in conf/trainer/default.yaml runs, counted in minibatch updates for any steps_per_execution,
 or ends in one line before training."""
 
+import csv
 import math
 import subprocess
 import sys
@@ -79,10 +80,14 @@ def test_every_listed_option_is_settable_without_plus(make_cfg):
 
 @pytest.mark.parametrize("n", [1, 4])
 def test_max_steps_stops_after_exactly_that_many_updates(make_cfg, tmp_path, n):
-    metrics = run(make_cfg(f"steps_per_execution={n}", "trainer.max_steps=10", "callbacks=default", "model=softmax"))
+    metrics = run(make_cfg(f"steps_per_execution={n}", "trainer.max_steps=20", "callbacks=default", "model=softmax"))
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
-    assert last["global_step"] == 10
-    assert metrics["epochs"] == 1  # 10 of the first epoch's 13 updates
+    assert last["global_step"] == 20
+    assert metrics["epochs"] == 2  # the first epoch's 13 updates and 7 of the second's
+    # The second epoch stopped before its validation: its row has no val_* of its own.
+    with open(tmp_path / "run" / "history.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert rows[0]["val_loss"] and not rows[1]["val_loss"]
 
 
 @pytest.mark.parametrize("n", [1, 4])

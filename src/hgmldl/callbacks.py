@@ -85,12 +85,21 @@ class History(L.Callback):
         self.path = Path(path)
         self.rows: list[dict[str, Any]] = []
         self._epoch_start = 0.0
+        self._validated = False
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
+        self._validated = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._validated = self._validated or not trainer.sanity_checking
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        metrics = trainer.callback_metrics
+        # An epoch without validation (check_val_every_n_epoch, or max_steps reached mid-epoch) has no val_* of
+        # its own: the trainer's metrics still hold the last validation's.
+        metrics = {
+            name: value for name, value in trainer.callback_metrics.items() if self._validated or "val_" not in name
+        }
         row = {"epoch": trainer.current_epoch, "time": round(time.perf_counter() - self._epoch_start, 3)}
         row |= {name: float(metrics[name]) for name in COLUMNS if name in metrics}
         self.rows.append(row)

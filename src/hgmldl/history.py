@@ -13,8 +13,9 @@ COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time"
 
 
 def write_history(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Writes `rows` atomically, with the columns of COLUMNS that the last row has, in that order."""
-    columns = [name for name in COLUMNS if name in rows[-1]]
+    """Writes `rows` atomically, with the columns of COLUMNS that any row has, in that order (an epoch without
+    validation leaves its val_* empty)."""
+    columns = [name for name in COLUMNS if any(name in row for row in rows)]
     text = io.StringIO()
     writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
