@@ -12,6 +12,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from hgmldl.config import check_config
 from hgmldl.errors import UserError
 from hgmldl.train import build_module, build_trainer, run
 from tests.conftest import ROOT
@@ -232,3 +233,11 @@ def test_bad_training_options_end_in_one_error_line(tmp_path, idx_dir, command):
     )
     assert result.returncode == 1
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: "), result.stderr
+
+
+@pytest.mark.parametrize(
+    "option", ["trainer.limit_train_batches=0", "trainer.limit_train_batches=1.5", "trainer.max_steps=0"]
+)
+def test_options_that_would_train_nothing_are_refused(make_cfg, option):
+    with pytest.raises(UserError, match=option.split("=")[0]):
+        check_config(make_cfg(option))

@@ -89,6 +89,10 @@ def _widths(value: Any) -> bool:
 
 # (key, test, what is allowed): the values a schema's types cannot bound. Keys a config does not have (a softmax
 # model has no dropout, callbacks=default no early stopping) are skipped.
+def _batch_limit(value: Any) -> bool:
+    return value is None or (_integer(value) and value >= 1) or (isinstance(value, float) and 0 < value <= 1)
+
+
 ALLOWED_VALUES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("optimizer.lr", lambda v: _number(v) and v > 0, "a number > 0"),
     ("model.dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
@@ -97,6 +101,9 @@ ALLOWED_VALUES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.eval_batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("steps_per_execution", lambda v: _integer(v) and v >= 1, "an integer >= 1 (1: one optimizer update a step)"),
     ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("trainer.max_steps", lambda v: _integer(v) and (v >= 1 or v == -1), "an integer >= 1, or -1 (no limit)"),
+    # 0 would train nothing, and run() would still report the untrained model's numbers
+    ("trainer.limit_train_batches", _batch_limit, "an integer >= 1 (minibatches) or a fraction in (0, 1]"),
     ("callbacks.early_stopping.patience", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
 ]
 
