@@ -7,8 +7,9 @@ model), 7-3 (dropout_mlp, with its ModelCheckpoint and EarlyStopping), 8-2 (cnn,
 Learning with Python ch. 2 (dense512): the same layers, scaling, split, seed, compile() and fit() arguments. Three
 things differ, each as in hgmldl's run beside it: the data are the IDX files hgmldl reads (DIR), loaded with numpy
 as keras.datasets' load_data() does, with no download; every model validates each epoch on the 12,000 images
-split off; EarlyStopping's patience never runs out, so every side runs the same epochs. fit() prints one line per
-epoch (verbose=2), as hgmldl does without a progress bar. With --turn-fd/--done-fd each epoch waits for its turn
+split off (7-3 and 8-2 do; in Keras' default batches, the fit batch size); EarlyStopping's patience never runs out,
+so every side runs the same epochs. fit() prints one line per epoch (verbose=2), as hgmldl does without a progress
+bar. With --turn-fd/--done-fd each epoch waits for its turn
 (see benchmark.py's SideBySide).
 """
 
