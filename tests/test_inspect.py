@@ -8,6 +8,7 @@ import csv
 import gzip
 import json
 import logging
+import re
 import subprocess
 import sys
 import warnings
@@ -207,14 +208,26 @@ def test_predict_py_prints_one_line_errors(cnn_run, tmp_path, idx_dir):
     assert "Traceback" not in result.stderr
 
 
-def test_visualize_draws_the_8_3_pictures(cnn_run, app_cfg, tmp_path):
+def run_command(script, *overrides):
+    """An entry point as a user runs it; returns its log lines (Hydra logs to the console)."""
+    result = subprocess.run(
+        [sys.executable, script, *map(str, overrides)], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_visualize_py_draws_the_8_3_pictures(cnn_run, tmp_path, idx_dir):
     ckpt = cnn_run / "checkpoints" / "best.ckpt"
-    stats = visualize(app_cfg("visualize", f"ckpt_path={ckpt}"))
-    weight = load_checkpoint(ckpt).net[0].weight
-    assert stats["conv1"] == pytest.approx({"mean": weight.mean().item(), "std": weight.std().item()})
-    # Keras' glorot-uniform for a 3x3x1→32 conv: U(±0.1421), std 0.1421/√3 = 0.082.
-    assert stats["untrained_conv1"]["std"] == pytest.approx(0.082, abs=0.012)
     out = tmp_path / "out"
+    data = [f"data.root={tmp_path / 'data'}", f"data.idx_dir={idx_dir}", "data.download=false"]
+    log = run_command("visualize.py", f"ckpt_path={ckpt}", f"hydra.run.dir={out}", *data)
+    # The book's 8-3 prints conv_weights.mean(), conv_weights.std() of the numpy array: ddof=0.
+    weights = torch.load(ckpt, weights_only=True)["state_dict"]["net.0.weight"].numpy()
+    assert f"conv1 kernels (32, 1, 3, 3): mean {weights.mean():.6f} std {weights.std():.6f}" in log
+    # Keras' glorot-uniform for a 3x3x1→32 conv: U(±0.1421), std 0.1421/√3 = 0.082.
+    [untrained_std] = re.findall(r"untrained_conv1 kernels \(32, 1, 3, 3\): mean \S+ std (\S+)", log)
+    assert float(untrained_std) == pytest.approx(0.082, abs=0.012)
     for name in ("conv1", "untrained_conv1"):
         assert png_size(out / f"{name}_filters.png") == (1500, 200)
         assert png_size(out / f"{name}_histogram.png") == (600, 400)
@@ -235,6 +248,14 @@ def test_show_data_draws_the_first_images_and_counts_classes(app_cfg, tmp_path, 
         labels = np.frombuffer(file.read()[8:], np.uint8)
     assert counts == np.bincount(labels, minlength=10).tolist()
     assert png_size(tmp_path / "out" / "samples.png") == (1000, 160)
+
+
+def test_show_data_py_runs_as_a_command(tmp_path, idx_dir):
+    out = tmp_path / "show"
+    data = [f"data.root={tmp_path / 'data'}", f"data.idx_dir={idx_dir}", "data.download=false"]
+    log = run_command("scripts/show_data.py", f"hydra.run.dir={out}", *data)
+    assert "train_input (500, 1, 28, 28), first labels [" in log  # the generated training file: 500 images
+    assert png_size(out / "samples.png") == (1000, 160)
 
 
 def test_save_weights_load_weights_round_trip_exactly(cnn_run, tmp_path):

@@ -36,7 +36,8 @@ def visualize(cfg: DictConfig) -> dict[str, Any]:
     stats = {}
     for name, conv in (("conv1", conv1), ("untrained_conv1", fresh)):
         weight = conv.weight.detach()
-        stats[name] = {"mean": weight.mean().item(), "std": weight.std().item()}
+        # numpy's mean and std (ddof=0), as the book's conv_weights.mean(), conv_weights.std()
+        stats[name] = {"mean": weight.mean().item(), "std": weight.std(correction=0).item()}
         log.info("%s kernels %s: mean %.6f std %.6f", name, tuple(weight.shape), *stats[name].values())
         save_figure(plot_weight_histogram(weight, name), output_dir / f"{name}_histogram.png")
         save_figure(plot_filters(weight, name), output_dir / f"{name}_filters.png")
