@@ -241,3 +241,15 @@ def test_bad_training_options_end_in_one_error_line(tmp_path, idx_dir, command):
 def test_options_that_would_train_nothing_are_refused(make_cfg, option):
     with pytest.raises(UserError, match=option.split("=")[0]):
         check_config(make_cfg(option))
+
+
+def test_checkpoint_every_n_train_steps_counts_updates(make_cfg, tmp_path):
+    every = "++callbacks.model_checkpoint.every_n_train_steps"
+    with pytest.raises(UserError, match="every_n_train_steps=6 is not a multiple of steps_per_execution=4"):
+        build_trainer(make_cfg("steps_per_execution=4", f"{every}=6"))
+    cfg = make_cfg("steps_per_execution=4", f"{every}=8", "callbacks=default", "trainer.max_epochs=1")
+    cfg.callbacks.model_checkpoint.filename = "step{step}"
+    cfg.callbacks.model_checkpoint.save_top_k, cfg.callbacks.model_checkpoint.monitor = -1, None
+    fit(cfg)
+    saved = sorted(path.name for path in (tmp_path / "run" / "checkpoints").glob("step*.ckpt"))
+    assert saved == ["step8.ckpt"]  # after update 8 (the epoch's 13 updates hold no 16th)

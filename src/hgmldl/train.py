@@ -142,7 +142,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     if progress_bar:
         callbacks.append(UpdatesProgressBar())
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    options = trainer_options(cfg.trainer, cfg.steps_per_execution)
+    options = trainer_options(cfg.trainer, cfg.callbacks, cfg.steps_per_execution)
     with lightning_errors():
         return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, enable_progress_bar=progress_bar, **options)
 
@@ -152,9 +152,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
 SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
-def trainer_options(trainer: DictConfig, steps_per_execution: int) -> dict[str, Any]:
-    """The options that Lightning counts in its own steps, converted from updates, where one Lightning step runs
-    `steps_per_execution` updates; the ones that need one update per step are refused with one line."""
+def trainer_options(trainer: DictConfig, callbacks: DictConfig, steps_per_execution: int) -> dict[str, Any]:
+    """The Trainer options that Lightning counts in its own steps, converted from updates, where one Lightning step
+    runs `steps_per_execution` updates; those that need one update per step are refused with one line."""
     strategy = trainer.get("strategy")
     if isinstance(strategy, str) and strategy.startswith(SPAWNING_STRATEGIES):
         raise UserError(
@@ -164,6 +164,13 @@ def trainer_options(trainer: DictConfig, steps_per_execution: int) -> dict[str, 
     n = steps_per_execution
     if n == 1:
         return {}
+    for name, node in callbacks.items():  # ModelCheckpoint checks its count after each Lightning step
+        every = node.get("every_n_train_steps") if isinstance(node, DictConfig) else None
+        if every and every % n:
+            raise UserError(
+                f"callbacks.{name}.every_n_train_steps={every} is not a multiple of steps_per_execution={n}: "
+                f"Lightning counts it after every {n} updates; give a multiple of {n} or steps_per_execution=1"
+            )
     for key, default in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
         if trainer.get(key, default) not in (default, 0):
             raise UserError(
