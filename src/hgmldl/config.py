@@ -32,6 +32,7 @@ class DataSchema:
     eval_batch_size: int = 1000
     seed: int = "${seed}"  # type: ignore[assignment]  # interpolation, resolved to an int
     download: bool = True
+    val_fraction: float = 0.2
 
 
 @dataclass
@@ -98,6 +99,7 @@ ALLOWED_VALUES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("model.hidden_units", _widths, "an integer >= 1, or a list of them (one per hidden layer)"),
     ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
+    ("data.val_fraction", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1) (0: no validation data)"),
     ("data.eval_batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("steps_per_execution", lambda v: _integer(v) and v >= 1, "an integer >= 1 (1: one optimizer update a step)"),
     ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),

@@ -42,10 +42,11 @@ VAL_FRACTION = 0.2
 SPLIT_SEED = 42
 
 
-def book_split(num_samples: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) indices exactly as sklearn's train_test_split(test_size=0.2, random_state=42) draws them."""
+def book_split(num_samples: int, val_fraction: float = VAL_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices exactly as sklearn's train_test_split(test_size=val_fraction, random_state=42) draws
+    them; val_fraction=0 puts every sample in train (Deep Learning with Python ch. 2 fits on all 60,000)."""
     order = np.random.RandomState(SPLIT_SEED).permutation(num_samples)
-    num_val = math.ceil(VAL_FRACTION * num_samples)
+    num_val = math.ceil(val_fraction * num_samples)
     return order[num_val:], order[:num_val]
 
 
@@ -111,8 +112,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         seed: int = 42,
         download: bool = True,
+        val_fraction: float = VAL_FRACTION,
     ) -> None:
         super().__init__()
+        self.val_fraction = val_fraction
         self.root = Path(root)
         self.idx_dir = Path(idx_dir) if idx_dir else None
         self.batch_size = batch_size
@@ -192,7 +195,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
         if stage in ("fit", "validate") and not hasattr(self, "train_images"):
             images, labels = self._read(train=True, device=device)  # split as uint8: float32 copies exist once
-            train, val = (torch.as_tensor(indices, device=device) for indices in book_split(len(labels)))
+            split = book_split(len(labels), self.val_fraction)
+            train, val = (torch.as_tensor(indices, device=device) for indices in split)
             self.train_images, self.train_labels = scale(images[train]), labels[train]
             self.val_images, self.val_labels = scale(images[val]), labels[val]
         if stage in ("test", "predict") and not hasattr(self, "test_images"):

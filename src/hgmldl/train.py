@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from hgmldl.baseline import cross_validate_baseline
 from hgmldl.callbacks import EarlyStopping, UpdatesProgressBar
 from hgmldl.config import check_config
+from hgmldl.data import VAL_FRACTION
 from hgmldl.errors import UserError
 from hgmldl.files import write_text_atomic
 from hgmldl.module import Classifier
@@ -43,6 +44,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         # only makes torch 2.14's optimizer.step() retry loading NVML on every update (~45 µs each).
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
+    validation = cfg.data.get("val_fraction", VAL_FRACTION) > 0
+    if not validation:
+        check_without_validation(cfg)
     module = build_module(cfg)
     ckpt_path = cfg.ckpt_path or (resume_checkpoint(cfg.resume) if cfg.get("resume") else None)
     if ckpt_path not in (None, "last"):  # "last": Lightning's keyword for the run folder's own last.ckpt
@@ -62,12 +66,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # Keras' evaluate() after fit: the module holds the best epoch's weights if EarlyStopping restored them.
     # Not sent to the loggers: their val curves already hold every epoch, and metrics.json holds these numbers.
     loggers, trainer.loggers = trainer.loggers, []
-    val = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
+    val = trainer.validate(module, datamodule=datamodule, verbose=False)[0] if validation else {}
     test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     early_stopping = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
     metrics = {
-        "val_loss": val["val_loss"],
-        "val_accuracy": val["val_accuracy"],
+        **{name: val[name] for name in ("val_loss", "val_accuracy") if validation},
         "test_loss": test["test_loss"],
         "test_accuracy": test["test_accuracy"],
         "epochs": trainer.current_epoch,
@@ -79,15 +82,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:  # under DDP every process gets here: one file, one line
         write_text_atomic(f"{cfg.output_dir}/metrics.json", json.dumps(metrics, indent=2) + "\n")
         log_hyperparameters(loggers, cfg, metrics)
-        log.info(
-            "val_accuracy %.4f  test_accuracy %.4f  (val_loss %.4f, test_loss %.4f, %d epochs, %s)",
-            metrics["val_accuracy"],
-            metrics["test_accuracy"],
-            metrics["val_loss"],
-            metrics["test_loss"],
-            metrics["epochs"],
-            cfg.output_dir,
-        )
+        scores = [f"{name} {metrics[name]:.4f}" for name in ("val_accuracy", "test_accuracy") if name in metrics]
+        losses = [f"{name} {metrics[name]:.4f}" for name in ("val_loss", "test_loss") if name in metrics]
+        log.info("%s  (%s, %d epochs, %s)", "  ".join(scores), ", ".join(losses), metrics["epochs"], cfg.output_dir)
     return metrics
 
 
@@ -111,7 +108,8 @@ def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: dict[st
         "epochs": cfg.trainer.max_epochs,
         "seed": cfg.seed,
     }
-    final = {f"final/{name}": metrics[name] for name in ("val_loss", "val_accuracy", "test_loss", "test_accuracy")}
+    names = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
+    final = {f"final/{name}": metrics[name] for name in names if name in metrics}
     for logger in loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams(params, final)
@@ -135,7 +133,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     The progress bar is TQDM's, and only in a terminal: Lightning 2.6 defaults to Rich's bar, which fills log
     files and CI logs with unreadable redraws; there the History callback prints one line per epoch instead.
     """
-    callbacks = [instantiate(node) for node in cfg.callbacks.values()]
+    # Without validation data (data.val_fraction=0) best.ckpt has nothing to compare: last.ckpt is the checkpoint.
+    validation = cfg.data.get("val_fraction", VAL_FRACTION) > 0
+    callbacks = [instantiate(node) for node in cfg.callbacks.values() if validation or not watches_validation(node)]
     progress_bar = cfg.trainer.enable_progress_bar
     if progress_bar is None:
         progress_bar = sys.stderr.isatty()
@@ -143,8 +143,30 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         callbacks.append(UpdatesProgressBar())
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     options = trainer_options(cfg.trainer, cfg.callbacks, cfg.steps_per_execution)
+    if not validation:
+        options |= {"limit_val_batches": 0, "num_sanity_val_steps": 0}  # no validation loop at all
     with lightning_errors():
         return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, enable_progress_bar=progress_bar, **options)
+
+
+def watches_validation(node: Any) -> bool:
+    return str(node.get("monitor") or "").startswith("val_")
+
+
+def check_without_validation(cfg: DictConfig) -> None:
+    """data.val_fraction=0 leaves no validation data: what watches a val_* metric is refused before training."""
+    watching = [  # the best-checkpoint callback is left out instead (build_trainer)
+        f"callbacks.{name}"
+        for name, node in cfg.callbacks.items()
+        if watches_validation(node) and not node._target_.endswith(".ModelCheckpoint")
+    ]
+    if cfg.get("scheduler") and watches_validation(cfg.scheduler):
+        watching.append("scheduler")
+    if watching:
+        raise UserError(
+            f"data.val_fraction=0 leaves no validation data for {' and '.join(watching)} to watch: use "
+            "callbacks=default and a scheduler without monitor, or a data.val_fraction > 0"
+        )
 
 
 # Strategies that run the training in processes of their own: the model, the callbacks' state and the trainer's
