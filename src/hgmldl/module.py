@@ -117,10 +117,11 @@ class Classifier(L.LightningModule):
         under manual optimization (Lightning makes one update per step only under its automatic optimization).
         Returns the minibatches' losses, which callbacks see as `outputs["loss"]` (TerminateOnNaN checks them)."""
         optimizer = self.optimizers()
+        if self.trainer.max_steps >= 0:  # max_steps counts updates, not executions
+            minibatches = minibatches[: self.trainer.max_steps - self.trainer.global_step]
+        step_scheduler = self._scheduler_interval() == "step"
         losses = []
         for index, minibatch in enumerate(minibatches):
-            if 0 <= self.trainer.max_steps <= self.trainer.global_step:  # max_steps counts updates, not executions
-                break
             loss = self.training_step(minibatch, index)
             optimizer.zero_grad()
             if self._plain_updates:
@@ -128,7 +129,8 @@ class Classifier(L.LightningModule):
             else:
                 self.manual_backward(loss)
                 optimizer.step()
-            self._step_scheduler("step")
+            if step_scheduler:
+                self.lr_schedulers().step()
             losses.append(loss.detach())
         return torch.stack(losses)
 
@@ -137,17 +139,19 @@ class Classifier(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # After the epoch's validation, where Lightning steps epoch schedulers, so ReduceLROnPlateau sees val_loss.
-        self._step_scheduler("epoch")
+        if self._scheduler_interval() == "epoch":
+            scheduler, monitor = self.lr_schedulers(), self.hparams.scheduler.get("monitor")
+            if monitor:  # ReduceLROnPlateau
+                scheduler.step(self.trainer.callback_metrics[monitor])
+            else:
+                scheduler.step()
 
-    def _step_scheduler(self, interval: str) -> None:
-        """Lightning steps the learning-rate scheduler itself only under automatic optimization."""
-        schedule = self.hparams.scheduler
-        if self.automatic_optimization or not schedule or schedule["interval"] != interval:
-            return
-        if schedule.get("monitor"):  # ReduceLROnPlateau
-            self.lr_schedulers().step(self.trainer.callback_metrics[schedule["monitor"]])
-        else:
-            self.lr_schedulers().step()
+    def _scheduler_interval(self) -> str | None:
+        """When this module steps the learning-rate scheduler itself: Lightning does it only under automatic
+        optimization."""
+        if self.automatic_optimization or not self.hparams.scheduler:
+            return None
+        return self.hparams.scheduler["interval"]
 
     def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
         """Keeps the step's loss and predictions for the epoch's metrics. They are added to the torchmetrics
