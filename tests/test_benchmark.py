@@ -29,6 +29,7 @@ def benchmark(monkeypatch):
     return benchmark
 
 
+@pytest.mark.slow  # four train.py processes side by side: a minute on 2 cores
 def test_quick_benchmark_runs_every_side_for_the_same_updates(tmp_path, idx_dir):
     out = tmp_path / "bench.json"
     command = [*BENCHMARK, "--quick", "--idx-dir", str(idx_dir), "--models", "cnn", "--threads", "1", "--out", str(out)]

@@ -88,6 +88,8 @@ class Classifier(L.LightningModule):
         # Lightning's lr_scheduler dict: the scheduler plus when to step it (interval, monitor).
         schedule = dict(self.hparams.scheduler)
         schedule["scheduler"] = instantiate(schedule["scheduler"], optimizer=optimizer)
+        if not self.automatic_optimization:  # on_train_epoch_end hands it the monitored value, not Lightning
+            schedule.pop("monitor", None)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
