@@ -36,6 +36,12 @@ NO_DATA = ("data=mnist", "data.idx_dir=/nonexistent")
         (["trainer.max_epochs=0"], "trainer.max_epochs must be an integer >= 1, got 0"),
         (["trainer.max_epochs=-1"], "trainer.max_epochs must be an integer >= 1, got -1"),
         (["callbacks.early_stopping.patience=-1"], "callbacks.early_stopping.patience must be an integer >= 0, got -1"),
+        (["seed=-1"], "seed must be an integer from 0 to 4294967295 (numpy's seed range), got -1"),
+        (["seed=4294967296"], "seed must be an integer from 0 to 4294967295 (numpy's seed range), got 4294967296"),
+        (
+            ["optimized_metric=val_acc"],
+            "optimized_metric must be null or one of val_accuracy, val_loss, test_accuracy, test_loss, got 'val_acc'",
+        ),
     ],
 )
 def test_out_of_range_value_names_the_key_and_the_range(make_cfg, overrides, message):

@@ -91,6 +91,37 @@ def test_train_py_runs_end_to_end(tmp_path, idx_dir):
     assert list(tmp_path.glob("events.out.tfevents.*"))
 
 
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        ["data.val_fraction=0", "callbacks=default", "model=softmax"],  # no val_accuracy to return to a sweeper
+        ["experiment=dlp2_ch2_mnist"],  # DLP ch. 2 trains on all 60,000: the same, on MNIST-format files
+    ],
+)
+def test_train_py_without_validation_ends_with_the_test_numbers(tmp_path, idx_dir, overrides):
+    result = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            f"hydra.run.dir={tmp_path}",
+            f"data.idx_dir={idx_dir}",
+            f"data.root={tmp_path / 'data'}",
+            "data.download=false",
+            "trainer.max_epochs=1",
+            *overrides,
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    last = result.stdout.strip().splitlines()[-1]
+    assert "test_accuracy" in last and "test_loss" in last and "val_" not in last, last
+    assert "Traceback" not in result.stderr
+    assert "val_accuracy" not in json.loads((tmp_path / "metrics.json").read_text())
+
+
 def test_missing_data_is_one_line_error(tmp_path):
     result = subprocess.run(
         [

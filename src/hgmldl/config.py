@@ -45,6 +45,7 @@ class TrainSchema:
     compile: bool = False
     ckpt_path: str | None = None
     resume: str | None = None
+    optimized_metric: str | None = "val_accuracy"
     output_dir: str = MISSING
     data: Any = MISSING
     model: Any = MISSING
@@ -88,6 +89,9 @@ def _widths(value: Any) -> bool:
     return bool(widths) and all(_integer(width) and width >= 1 for width in widths)
 
 
+METRICS = ("val_accuracy", "val_loss", "test_accuracy", "test_loss")  # metrics.json's numbers a sweeper can rank
+
+
 # (key, test, what is allowed): the values a schema's types cannot bound. Keys a config does not have (a softmax
 # model has no dropout, callbacks=default no early stopping) are skipped.
 def _batch_limit(value: Any) -> bool:
@@ -95,6 +99,7 @@ def _batch_limit(value: Any) -> bool:
 
 
 ALLOWED_VALUES: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("seed", lambda v: _integer(v) and 0 <= v < 2**32, "an integer from 0 to 4294967295 (numpy's seed range)"),
     ("optimizer.lr", lambda v: _number(v) and v > 0, "a number > 0"),
     ("model.dropout", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)"),
     ("model.hidden_units", _widths, "an integer >= 1, or a list of them (one per hidden layer)"),
@@ -106,6 +111,7 @@ ALLOWED_VALUES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("trainer.max_steps", lambda v: _integer(v) and (v >= 1 or v == -1), "an integer >= 1, or -1 (no limit)"),
     # 0 would train nothing, and run() would still report the untrained model's numbers
     ("trainer.limit_train_batches", _batch_limit, "an integer >= 1 (minibatches) or a fraction in (0, 1]"),
+    ("optimized_metric", lambda v: v is None or v in METRICS, f"null or one of {', '.join(METRICS)}"),
     ("callbacks.early_stopping.patience", lambda v: _integer(v) and v >= 0, "an integer >= 0"),
 ]
 
