@@ -7,7 +7,7 @@ import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from hgmldl.data import TensorBatches
-from hgmldl.module import plain_update
+from hgmldl.steps_per_execution import plain_update
 from hgmldl.train import run
 
 # The generated data of tests/conftest.py: 400 training images in minibatches of 32.
