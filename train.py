@@ -20,7 +20,7 @@ register_configs(Path(__file__).parent / "experiments")
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 @one_line_errors
 def main(cfg: DictConfig) -> float | None:
-    metrics = run(cfg)
+    metrics = run(cfg).metrics
     return metrics.get(cfg.optimized_metric) if cfg.optimized_metric else None  # what a Hydra sweeper maximises
 
 

@@ -163,7 +163,7 @@ def run_job(
             continue
         print(f"{job.name} seed={seed} → {output_dir}", flush=True)
         try:  # a finished run in --runs-dir is reused: an interrupted reproduction goes on where it stopped
-            metrics = json.loads(finished.read_text()) if finished.exists() else run(cfg)
+            metrics = json.loads(finished.read_text()) if finished.exists() else run(cfg).metrics
             history = read_history(output_dir / "history.csv") if (output_dir / "history.csv").exists() else []
             job.scores.append(scores(metrics, history) | reloaded(job.book, cfg, output_dir))
         except UserError as error:

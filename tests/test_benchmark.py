@@ -215,8 +215,8 @@ def test_cnn_runs_channels_last_with_keras_initial_weights():
 @pytest.mark.slow
 def test_compile_trains_like_eager(make_cfg, tmp_path):
     options = ("model=softmax", "trainer.max_epochs=1", "callbacks=default")
-    eager = run(make_cfg(*options, output_dir=tmp_path / "eager"))
-    compiled = run(make_cfg(*options, "compile=true", output_dir=tmp_path / "compiled"))
+    eager = run(make_cfg(*options, output_dir=tmp_path / "eager")).metrics
+    compiled = run(make_cfg(*options, "compile=true", output_dir=tmp_path / "compiled")).metrics
     assert compiled["val_loss"] == pytest.approx(eager["val_loss"], rel=1e-4)
     checkpoint = torch.load(tmp_path / "compiled" / "checkpoints" / "last.ckpt", weights_only=False)
     assert checkpoint["hyper_parameters"]["compile"] is True

@@ -49,7 +49,7 @@ def test_cpu_with_bf16_trains_the_network_in_bf16(make_cfg, monkeypatch, steps_p
                 "trainer.max_epochs=1",
                 "callbacks=default",
             )
-        )
+        ).metrics
     finally:
         hook.remove()
     # 400 training images in minibatches of 32: 13 forward passes, each under Lightning's bf16 autocast.

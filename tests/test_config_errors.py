@@ -62,13 +62,13 @@ def test_values_on_the_edge_of_the_range_are_accepted(make_cfg, tmp_path):
         "trainer.limit_train_batches=1",
         "optimizer.lr=1e-9",
     )
-    assert run(cfg)["epochs"] == 1
+    assert run(cfg).metrics["epochs"] == 1
 
 
 def test_keys_a_config_lacks_are_not_checked(make_cfg, tmp_path):
     cfg = make_cfg("model=softmax", "callbacks=default", "trainer.max_epochs=1", "trainer.limit_train_batches=1")
     assert "dropout" not in cfg.model and "early_stopping" not in cfg.callbacks
-    assert run(cfg)["params"] == 7850
+    assert run(cfg).metrics["params"] == 7850
 
 
 def test_output_dir_under_a_file_is_rejected_at_start(make_cfg, tmp_path):

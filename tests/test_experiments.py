@@ -103,7 +103,7 @@ def test_book_node_does_not_reach_training(make_cfg):
 
 @pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=5, as in the book
 def test_sgd_baseline_cross_validates_all_training_images(make_cfg, tmp_path, idx_dir):
-    metrics = run(make_cfg("experiment=ch7_1_sgd_baseline"))
+    metrics = run(make_cfg("experiment=ch7_1_sgd_baseline")).metrics
     images = read_idx_images(tmp_path / "data") / 255.0
     labels = read_idx_labels(tmp_path / "data")
     book = cross_validate(SGDClassifier(loss="log_loss", max_iter=5, random_state=42), images, labels)
@@ -139,7 +139,9 @@ def test_mnist_preset_offline_names_the_missing_files_and_the_fix(make_cfg, tmp_
 
 
 def test_mnist_preset_runs_on_idx_files_given_with_idx_dir(make_cfg, tmp_path):
-    metrics = run(make_cfg("experiment=dlp2_ch2_mnist", "trainer.max_epochs=1", "trainer.limit_train_batches=1"))
+    metrics = run(
+        make_cfg("experiment=dlp2_ch2_mnist", "trainer.max_epochs=1", "trainer.limit_train_batches=1")
+    ).metrics
     assert metrics["params"] == 407_050
     assert (tmp_path / "data" / "MNIST" / "raw" / "train-images-idx3-ubyte").is_file()
     assert len(read_history(tmp_path / "run" / "history.csv")) == 1

@@ -21,7 +21,7 @@ def test_one_epoch_of_softmax_reaches_080_val_accuracy(make_cfg, tmp_path):
     cfg = make_cfg(
         "model=softmax", "optimizer=rmsprop", "trainer.max_epochs=1", "callbacks=default", "data.idx_dir=null"
     )
-    metrics = run(cfg)
+    metrics = run(cfg).metrics
     assert metrics["params"] == 7_850
     assert metrics["val_accuracy"] >= 0.80
     assert metrics["test_accuracy"] >= 0.78

@@ -29,8 +29,8 @@ def test_resumed_run_equals_uninterrupted_run(make_cfg, tmp_path):
         make_cfg(
             *common, "trainer.max_epochs=4", f"resume={tmp_path / 'interrupted'}", output_dir=tmp_path / "interrupted"
         )
-    )
-    whole = run(make_cfg(*common, "trainer.max_epochs=4", output_dir=tmp_path / "whole"))
+    ).metrics
+    whole = run(make_cfg(*common, "trainer.max_epochs=4", output_dir=tmp_path / "whole")).metrics
 
     rows = read_rows(tmp_path / "interrupted" / "history.csv")
     assert [row["epoch"] for row in rows] == [0, 1, 2, 3]

@@ -27,7 +27,7 @@ def test_one_and_fifty_steps_per_execution_train_the_same_weights_and_history(ma
         cfg = make_cfg(f"model={model}", f"steps_per_execution={n}", "callbacks=default", output_dir=tmp_path / f"n{n}")
         if model == "cnn":
             cfg.trainer.limit_train_batches = 4
-        metrics = run(cfg)
+        metrics = run(cfg).metrics
         weights = torch.load(tmp_path / f"n{n}" / "checkpoints" / "last.ckpt", weights_only=True)
         runs[n] = metrics, weights, read_history(tmp_path / f"n{n}" / "history.csv")
     (metrics_1, weights_1, history_1), (metrics_50, weights_50, history_50) = runs[1], runs[50]

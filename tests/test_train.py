@@ -7,6 +7,7 @@ import sys
 
 import lightning as L
 import pytest
+import torch
 from hydra.utils import instantiate
 
 from hgmldl.module import Classifier
@@ -25,7 +26,7 @@ MODELS = ["softmax", "mlp", "deep_mlp", "dropout_mlp", "cnn", "dense512"]
 @pytest.mark.parametrize("model", MODELS)
 def test_short_fit_of_every_model_writes_history_and_metrics(make_cfg, tmp_path, model):
     cfg = make_cfg(f"model={model}", "trainer.limit_train_batches=2", "callbacks=default")
-    metrics = run(cfg)
+    metrics = run(cfg).metrics
     rows = read_history(tmp_path / "run" / "history.csv")
     assert [row["epoch"] for row in rows] == ["0", "1"]
     assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "time"}
@@ -37,20 +38,23 @@ def test_short_fit_of_every_model_writes_history_and_metrics(make_cfg, tmp_path,
 
 
 def test_training_learns_the_generated_task(make_cfg):
-    metrics = run(make_cfg("model=mlp", "trainer.max_epochs=3", "callbacks=default"))
+    metrics = run(make_cfg("model=mlp", "trainer.max_epochs=3", "callbacks=default")).metrics
     assert metrics["val_accuracy"] > 0.9
 
 
 def test_restore_best_weights_leaves_the_best_checkpoints_weights(make_cfg, tmp_path):
     # A learning rate this high makes val_loss bounce, so the best epoch is rarely the last one.
     cfg = make_cfg("model=mlp", "optimizer=sgd", "optimizer.lr=2.0", "trainer.max_epochs=6")
-    metrics = run(cfg)
+    metrics, module, trainer = run(cfg)
     rows = read_history(tmp_path / "run" / "history.csv")
     best_epoch = min(range(len(rows)), key=lambda i: float(rows[i]["val_loss"]))
     assert metrics["best_epoch"] == best_epoch
     assert metrics["val_loss"] == pytest.approx(float(rows[best_epoch]["val_loss"]), rel=1e-5)
     # The weights run() evaluated are those of best.ckpt, rebuilt from the file alone.
     best = Classifier.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)
+    for name, tensor in best.state_dict().items():  # run() returns that module, and the Trainer that fitted it
+        torch.testing.assert_close(module.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+    assert trainer.current_epoch == metrics["epochs"]
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
     [val] = trainer.validate(best, datamodule=instantiate(cfg.data), verbose=False)
     assert val["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-6)
@@ -59,7 +63,7 @@ def test_restore_best_weights_leaves_the_best_checkpoints_weights(make_cfg, tmp_
 def test_checkpoint_alone_rebuilds_the_trained_model(make_cfg, tmp_path):
     # Keras' load_model: last.ckpt alone rebuilds the book's CNN with the weights run() evaluated at the end.
     cfg = make_cfg("model=cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "callbacks=default")
-    metrics = run(cfg)
+    metrics = run(cfg).metrics
     loaded = Classifier.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert sum(p.numel() for p in loaded.parameters()) == 333_526  # the book's summary()
     trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)

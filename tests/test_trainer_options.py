@@ -81,7 +81,9 @@ def test_every_listed_option_is_settable_without_plus(make_cfg):
 
 @pytest.mark.parametrize("n", [1, 4])
 def test_max_steps_stops_after_exactly_that_many_updates(make_cfg, tmp_path, n):
-    metrics = run(make_cfg(f"steps_per_execution={n}", "trainer.max_steps=20", "callbacks=default", "model=softmax"))
+    metrics = run(
+        make_cfg(f"steps_per_execution={n}", "trainer.max_steps=20", "callbacks=default", "model=softmax")
+    ).metrics
     last = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 20
     assert metrics["epochs"] == 2  # the first epoch's 13 updates and 7 of the second's

@@ -47,7 +47,7 @@ def test_all_60000_images_469_updates_an_epoch_and_no_validation(make_cfg, tmp_p
         "model=softmax",  # the protocol, not the model, is under test: the smallest model keeps this fast
         "trainer.max_epochs=1",
     )
-    metrics = run(cfg)
+    metrics = run(cfg).metrics
     run_dir = tmp_path / "run"
     assert set(metrics) >= {"test_loss", "test_accuracy"} and not any(key.startswith("val_") for key in metrics)
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics

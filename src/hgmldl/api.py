@@ -10,19 +10,17 @@ import contextlib
 import datetime
 import logging
 import sys
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
-import lightning as L
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.errors import HydraException
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hgmldl import evaluation, prediction, train
@@ -68,14 +66,8 @@ def fit(*overrides: str, output_dir: str | Path | None = None) -> History:
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
-    fit_id = str(uuid.uuid4())
-    with open_dict(cfg):
-        cfg.callbacks.keep_model = {"_target_": f"{__name__}.KeepModel", "fit_id": fit_id}
-    try:
-        with job_logging(run_dir / "train.log"):
-            metrics = train.run(cfg)
-    finally:
-        model = KeepModel.models.pop(fit_id, None)
+    with job_logging(run_dir / "train.log"):
+        metrics, model, _ = train.run(cfg)
     rows = read_history(run_dir / "history.csv")
     return History(
         history={name: [row[name] for row in rows] for name in HISTORY_KEYS if name in rows[0]},
@@ -84,19 +76,6 @@ def fit(*overrides: str, output_dir: str | Path | None = None) -> History:
         metrics=metrics,
         run_dir=run_dir,
     )
-
-
-class KeepModel(L.Callback):
-    """Hands fit() the module run() trains: the object itself, whose weights EarlyStopping restores in place and
-    metrics.json evaluates (keyed by the fit call, so that runs never mix)."""
-
-    models: ClassVar[dict[str, L.LightningModule]] = {}
-
-    def __init__(self, fit_id: str) -> None:
-        self.fit_id = fit_id
-
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        KeepModel.models[self.fit_id] = pl_module
 
 
 def evaluate(ckpt_path: str | Path, *overrides: str, output_dir: str | Path | None = None) -> dict[str, Any]:

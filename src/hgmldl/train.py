@@ -7,7 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 import lightning as L
 import torch
@@ -29,11 +29,21 @@ from hgmldl.resume import check_resumable, interrupted_message, resume_checkpoin
 log = logging.getLogger(__name__)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Trains the configured model and returns the numbers also written to `metrics.json`."""
+class Trained(NamedTuple):
+    """What run() trained: `metrics.json`'s numbers, the module they were evaluated with (the best epoch's weights
+    where EarlyStopping restored them) and its Trainer; module and trainer are None for 7-1's scikit-learn
+    baseline, which trains no network."""
+
+    metrics: dict[str, Any]
+    module: Classifier | None
+    trainer: L.Trainer | None
+
+
+def run(cfg: DictConfig) -> Trained:
+    """Trains the configured model, writes `metrics.json` and returns what it trained."""
     check_config(cfg)
     if cfg.get("baseline") is not None:  # 7-1's scikit-learn baseline: no network to train
-        return cross_validate_baseline(cfg)
+        return Trained(cross_validate_baseline(cfg), None, None)
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     # RMSprop's and Adagrad's running averages decay into float32 denormals, which are ~100x slower on a CPU;
@@ -85,7 +95,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         scores = [f"{name} {metrics[name]:.4f}" for name in ("val_accuracy", "test_accuracy") if name in metrics]
         losses = [f"{name} {metrics[name]:.4f}" for name in ("val_loss", "test_loss") if name in metrics]
         log.info("%s  (%s, %d epochs, %s)", "  ".join(scores), ", ".join(losses), metrics["epochs"], cfg.output_dir)
-    return metrics
+    return Trained(metrics, module, trainer)
 
 
 def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, Any]) -> None:
