@@ -8,9 +8,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from hgmldl.commands.evaluate import run
 from hgmldl.config import register_configs
 from hgmldl.errors import one_line_errors
-from hgmldl.evaluation import evaluate
 
 register_configs(Path(__file__).parent / "experiments")
 
@@ -18,7 +18,7 @@ register_configs(Path(__file__).parent / "experiments")
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
-    evaluate(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

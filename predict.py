@@ -8,9 +8,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from hgmldl.commands.predict import run
 from hgmldl.config import register_configs
 from hgmldl.errors import one_line_errors
-from hgmldl.prediction import predict
 
 register_configs(Path(__file__).parent / "experiments")
 
@@ -18,7 +18,7 @@ register_configs(Path(__file__).parent / "experiments")
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
-    predict(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

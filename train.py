@@ -9,10 +9,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from hgmldl.commands.train import run
 from hgmldl.config import register_configs
 from hgmldl.errors import one_line_errors
 from hgmldl.resume import resume_overrides
-from hgmldl.train import run
 
 register_configs(Path(__file__).parent / "experiments")
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from hgmldl.commands.visualize import run
 from hgmldl.config import register_configs
 from hgmldl.errors import one_line_errors
-from hgmldl.visualization import visualize
 
 register_configs(Path(__file__).parent / "experiments")
 
@@ -19,7 +19,7 @@ register_configs(Path(__file__).parent / "experiments")
 @hydra.main(version_base="1.3", config_path="conf", config_name="visualize")
 @one_line_errors
 def main(cfg: DictConfig) -> None:
-    visualize(cfg)
+    run(cfg)
 
 
 if __name__ == "__main__":

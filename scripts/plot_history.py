@@ -12,8 +12,8 @@ import os
 import sys
 from pathlib import Path
 
+from hgmldl.figures import plot_history, save_figure
 from hgmldl.history import read_history
-from hgmldl.viz import plot_history, save_figure
 
 
 def find_histories(paths: list[Path]) -> list[Path]:

@@ -5,7 +5,7 @@
     python scripts/reproduce.py data.idx_dir=~/mnist   # extra overrides go to every run
     python scripts/reproduce.py --quick --out /tmp/r   # every preset for one short epoch: checks the plumbing only
 
-Each run is `hgmldl.train.run` on the config `python train.py experiment=<preset>` composes (Hydra's Compose API),
+Each run is `hgmldl.commands.train.run` on the config `python train.py experiment=<preset>` composes (Hydra's Compose API),
 all in this one process; a preset that sets `hydra.sweeper.params` (ch7_2_optimizers) runs once per combination,
 as `-m` would. What the book prints for a preset, and the band ours should fall in, is the preset's `book:` node.
 A run whose config equals an earlier one's (ch7_2_optimizers' adam is ch7_2_adam) is not trained twice.
@@ -35,13 +35,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from hgmldl.commands.train import run
 from hgmldl.config import register_configs
 from hgmldl.errors import UserError
+from hgmldl.figures import plot_history, save_figure
 from hgmldl.files import write_text_atomic
 from hgmldl.history import read_history
 from hgmldl.saving import load_checkpoint
-from hgmldl.train import run
-from hgmldl.viz import plot_history, save_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTES = "\n## Notes"  # RESULTS.md from this heading on is written by hand and survives a new report

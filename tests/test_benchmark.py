@@ -12,9 +12,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from hgmldl.commands.train import run
 from hgmldl.models import cnn, keras_init_
 from hgmldl.module import Classifier
-from hgmldl.train import run
 from tests.conftest import ROOT
 
 BENCHMARK = [sys.executable, "scripts/benchmark.py"]

@@ -9,8 +9,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from hgmldl import hardware
+from hgmldl.commands.train import run
 from hgmldl.errors import UserError
-from hgmldl.train import run
 from tests.conftest import ROOT
 
 

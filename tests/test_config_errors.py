@@ -6,9 +6,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from hgmldl.commands.train import run
 from hgmldl.errors import UserError
 from hgmldl.module import Classifier
-from hgmldl.train import run
 
 # data=mnist from a folder that does not exist: reaching the data would fail with "MNIST IDX files not found".
 NO_DATA = ("data=mnist", "data.idx_dir=/nonexistent")

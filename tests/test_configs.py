@@ -13,8 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from omegaconf.errors import ValidationError
 
+from hgmldl.commands.train import build_trainer
 from hgmldl.module import Classifier
-from hgmldl.train import build_trainer
 from tests.conftest import ROOT
 
 # Every config group a user picks an option of, with the options on disk.

@@ -16,9 +16,9 @@ from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import cross_validate
 from torch import nn
 
+from hgmldl.commands.train import run
 from hgmldl.errors import UserError
 from hgmldl.module import Classifier
-from hgmldl.train import run
 from tests.conftest import ROOT, make_idx_dataset
 from tests.test_train import read_history
 

@@ -20,10 +20,10 @@ import lightning as L
 import pytest
 import torch
 
+from hgmldl.commands.train import build_trainer, run
 from hgmldl.errors import UserError
 from hgmldl.files import AtomicCheckpointIO, write_text_atomic
 from hgmldl.module import Classifier
-from hgmldl.train import build_trainer, run
 from tests.conftest import ROOT, make_idx_dataset, write_idx
 
 pytestmark = pytest.mark.faults

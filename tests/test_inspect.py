@@ -25,17 +25,14 @@ from safetensors import safe_open
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from hgmldl import viz
-from hgmldl.data_overview import show_data
+from hgmldl import figures
+from hgmldl.commands import evaluate, predict, show_data, visualize
+from hgmldl.commands.train import run
 from hgmldl.errors import UserError
-from hgmldl.evaluation import evaluate
 from hgmldl.history import read_history
 from hgmldl.images import read_image, split_images
 from hgmldl.module import Classifier
-from hgmldl.prediction import predict
 from hgmldl.saving import load_checkpoint, load_weights, save_weights
-from hgmldl.train import run
-from hgmldl.visualization import visualize
 from tests.conftest import ROOT
 
 CNN = "cnn(hidden_units=100, dropout=0.4, activation=relu)"
@@ -99,13 +96,13 @@ def mlp_module():
 
 def test_evaluate_gives_the_loss_accuracy_and_per_class_accuracy_of_the_models_outputs(cnn_run, app_cfg, tmp_path):
     ckpt = cnn_run / "checkpoints" / "last.ckpt"
-    results = evaluate(app_cfg("evaluate", f"ckpt_path={ckpt}"))
+    results = evaluate.run(app_cfg("evaluate", f"ckpt_path={ckpt}"))
     module = load_checkpoint(ckpt)
     datamodule = instantiate(app_cfg("evaluate").data)
     datamodule.prepare_data()
     datamodule.setup("validate")
     datamodule.setup("test")
-    names = viz.CLASS_NAMES["FashionMNIST"]["en"]
+    names = figures.CLASS_NAMES["FashionMNIST"]["en"]
     per_class = {}
     for split, images, labels in [
         ("val", datamodule.val_images, datamodule.val_labels),
@@ -131,13 +128,13 @@ def test_evaluate_gives_the_loss_accuracy_and_per_class_accuracy_of_the_models_o
 
 def test_predict_gives_the_argmax_of_the_models_output(cnn_run, app_cfg, tmp_path):
     ckpt = cnn_run / "checkpoints" / "best.ckpt"
-    result = predict(app_cfg("predict", f"ckpt_path={ckpt}", "split=test", "index=3", "classes=ko"))
+    result = predict.run(app_cfg("predict", f"ckpt_path={ckpt}", "split=test", "index=3", "classes=ko"))
     cfg = app_cfg("predict")
     images, labels = split_images(instantiate(cfg.data), "test")
     with torch.no_grad():
         expected = torch.softmax(load_checkpoint(ckpt)(images[3:4]), dim=1)[0]
     assert result["index"] == int(expected.argmax())
-    assert result["class"] == viz.class_names("FashionMNIST", "ko")[result["index"]]
+    assert result["class"] == figures.class_names("FashionMNIST", "ko")[result["index"]]
     assert result["label"] == int(labels[3])
     assert result["probabilities"] == pytest.approx(expected.tolist(), abs=1e-6)
     assert sum(result["probabilities"]) == pytest.approx(1, abs=1e-6)  # predict_step's softmax
@@ -165,8 +162,8 @@ def test_predict_converts_a_photo_as_a_user_expects(cnn_run, app_cfg, tmp_path):
     assert bar.shape == (28, 28) and bar[14, 14] == 1 and bar[0, 0] == 0 and bar[14, 2] == 0
 
     ckpt = cnn_run / "checkpoints" / "best.ckpt"
-    from_file = predict(app_cfg("predict", f"ckpt_path={ckpt}", f"image={dataset_png}"))
-    from_index = predict(app_cfg("predict", f"ckpt_path={ckpt}", "split=test", "index=3"))
+    from_file = predict.run(app_cfg("predict", f"ckpt_path={ckpt}", f"image={dataset_png}"))
+    from_index = predict.run(app_cfg("predict", f"ckpt_path={ckpt}", "split=test", "index=3"))
     assert from_file["probabilities"] == pytest.approx(from_index["probabilities"], abs=1e-6)
 
 
@@ -238,12 +235,12 @@ def test_visualize_py_draws_the_8_3_pictures(cnn_run, tmp_path, idx_dir):
 def test_visualize_refuses_a_model_without_conv_layers(app_cfg, tmp_path):
     ckpt = save_checkpoint(mlp_module(), tmp_path / "mlp.ckpt")
     with pytest.raises(UserError) as error:
-        visualize(app_cfg("visualize", f"ckpt_path={ckpt}"))
+        visualize.run(app_cfg("visualize", f"ckpt_path={ckpt}"))
     assert str(error.value) == f"{ckpt} is {MLP}, which has no conv layers; visualize needs a CNN (model=cnn)"
 
 
 def test_show_data_draws_the_first_images_and_counts_classes(app_cfg, tmp_path, idx_dir):
-    counts = show_data(app_cfg("show_data"))
+    counts = show_data.run(app_cfg("show_data"))
     with gzip.open(idx_dir / "train-labels-idx1-ubyte.gz") as file:
         labels = np.frombuffer(file.read()[8:], np.uint8)
     assert counts == np.bincount(labels, minlength=10).tolist()
@@ -253,7 +250,7 @@ def test_show_data_draws_the_first_images_and_counts_classes(app_cfg, tmp_path, 
 def test_show_data_py_runs_as_a_command(tmp_path, idx_dir):
     out = tmp_path / "show"
     data = [f"data.root={tmp_path / 'data'}", f"data.idx_dir={idx_dir}", "data.download=false"]
-    log = run_command("scripts/show_data.py", f"hydra.run.dir={out}", *data)
+    log = run_command("show_data.py", f"hydra.run.dir={out}", *data)
     assert "train_input (500, 1, 28, 28), first labels [" in log  # the generated training file: 500 images
     assert png_size(out / "samples.png") == (1000, 160)
 
@@ -311,23 +308,23 @@ def test_checkpoint_loader_refuses_bad_files_in_one_line(cnn_run, tmp_path):
 
 
 def test_korean_class_names_render_with_the_korean_font():
-    if viz.korean_font() is None:
+    if figures.korean_font() is None:
         pytest.skip("fonts-nanum is not installed (make data installs it); the fallback is tested below")
-    names = viz.class_names("FashionMNIST", "ko")
+    names = figures.class_names("FashionMNIST", "ko")
     assert names == ["티셔츠", "바지", "스웨터", "드레스", "코트", "샌달", "셔츠", "스니커즈", "가방", "앵클 부츠"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns "Glyph … missing from font(s)" for every tofu box
-        viz.plot_prediction(torch.zeros(1, 28, 28), torch.full((10,), 0.1), names).canvas.draw()
+        figures.plot_prediction(torch.zeros(1, 28, 28), torch.full((10,), 0.1), names).canvas.draw()
 
 
 def test_korean_falls_back_to_english_without_the_font(monkeypatch, caplog):
-    monkeypatch.setattr(viz, "korean_font", lambda: None)
+    monkeypatch.setattr(figures, "korean_font", lambda: None)
     with caplog.at_level(logging.WARNING):
-        assert viz.class_names("FashionMNIST", "ko") == viz.CLASS_NAMES["FashionMNIST"]["en"]
+        assert figures.class_names("FashionMNIST", "ko") == figures.CLASS_NAMES["FashionMNIST"]["en"]
     assert "no Korean font found (apt-get install fonts-nanum" in caplog.text
-    assert viz.class_names("MNIST", "ko") == [str(digit) for digit in range(10)]
+    assert figures.class_names("MNIST", "ko") == [str(digit) for digit in range(10)]
     with pytest.raises(UserError, match="^classes=fr is not a language here; choose classes=en or classes=ko$"):
-        viz.class_names("FashionMNIST", "fr")
+        figures.class_names("FashionMNIST", "fr")
 
 
 def test_every_run_writes_curves_and_plot_history_overlays_runs(cnn_run, tmp_path):
@@ -345,7 +342,7 @@ def test_every_run_writes_curves_and_plot_history_overlays_runs(cnn_run, tmp_pat
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"{tmp_path / 'sweep.png'}: 2 runs"
     assert png_size(tmp_path / "sweep.png") == (1200, 450)
-    legend = viz.plot_history({"optimizer=adam": read_history(cnn_run / "history.csv")}).axes[0].get_legend()
+    legend = figures.plot_history({"optimizer=adam": read_history(cnn_run / "history.csv")}).axes[0].get_legend()
     assert [text.get_text() for text in legend.get_texts()] == ["optimizer=adam train", "optimizer=adam val"]
 
 

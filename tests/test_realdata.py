@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from hgmldl.train import run
+from hgmldl.commands.train import run
 from tests.conftest import FASHION_MNIST_DIR
 
 pytestmark = pytest.mark.realdata

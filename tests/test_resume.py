@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
+from hgmldl.commands.train import run
 from hgmldl.errors import UserError
 from hgmldl.resume import resume_overrides
-from hgmldl.train import run
 from tests.conftest import ROOT
 
 

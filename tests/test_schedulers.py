@@ -7,7 +7,7 @@ import pytest
 from hydra.utils import instantiate
 from lightning.pytorch.tuner import Tuner
 
-from hgmldl.train import build_module, run
+from hgmldl.commands.train import build_module, run
 
 
 def lr_column(run_dir):

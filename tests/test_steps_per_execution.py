@@ -6,9 +6,9 @@ import pytest
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
+from hgmldl.commands.train import run
 from hgmldl.data import TensorBatches
 from hgmldl.steps_per_execution import plain_update
-from hgmldl.train import run
 
 # The generated data of tests/conftest.py: 400 training images in minibatches of 32.
 UPDATES_PER_EPOCH = 13

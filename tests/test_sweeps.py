@@ -19,8 +19,8 @@ from hydra.core.utils import setup_globals
 from hydra.types import HydraContext
 from omegaconf import OmegaConf
 
+from hgmldl.commands.summarize import summarize
 from hgmldl.hydra_callbacks import NewSweepDir
-from hgmldl.sweep import summarize
 from tests.conftest import ROOT
 
 
@@ -121,8 +121,8 @@ def test_summary_means_seeds_per_setting_and_reports_failed_jobs(tmp_path):
 def test_summarize_script_on_an_existing_folder(tmp_path, monkeypatch, capsys):
     write_job(tmp_path / "optimizer=adam", ["optimizer=adam"], job_metrics(0.87, 2))
     write_job(tmp_path / "optimizer=sgd", ["optimizer=sgd"], metrics=None)
-    monkeypatch.setattr(sys, "argv", ["summarize.py", str(tmp_path)])
-    runpy.run_path(str(ROOT / "scripts" / "summarize.py"), run_name="__main__")
+    monkeypatch.setattr(sys, "argv", ["summarize.py", f"sweep_dir={tmp_path}"])
+    runpy.run_path(str(ROOT / "summarize.py"), run_name="__main__")
     printed = capsys.readouterr().out
     assert "| optimizer=adam | 1 | 0.8700 |" in printed
     assert "| optimizer=sgd | 1 | failed (no metrics.json) |" in printed
@@ -130,9 +130,10 @@ def test_summarize_script_on_an_existing_folder(tmp_path, monkeypatch, capsys):
 
 
 def test_summarize_script_on_a_folder_without_jobs(tmp_path, monkeypatch):
-    monkeypatch.setattr(sys, "argv", ["summarize.py", str(tmp_path)])
+    monkeypatch.setattr(sys, "argv", ["summarize.py", f"sweep_dir={tmp_path}"])
     with pytest.raises(SystemExit, match=r"^error: .* holds no job folders \(\*/.hydra/overrides.yaml\): give the"):
-        runpy.run_path(str(ROOT / "scripts" / "summarize.py"), run_name="__main__")
+        runpy.run_path(str(ROOT / "summarize.py"), run_name="__main__")
+    assert not list(tmp_path.iterdir())  # nothing of the command's own (a .hydra/ would count as a job)
 
 
 def test_a_second_sweep_never_writes_into_the_same_folder(tmp_path):

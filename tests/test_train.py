@@ -10,8 +10,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from hgmldl.commands.train import run
 from hgmldl.module import Classifier
-from hgmldl.train import run
 from tests.conftest import ROOT
 
 

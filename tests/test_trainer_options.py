@@ -12,9 +12,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from hgmldl.commands.train import build_module, build_trainer, run
 from hgmldl.config import check_config
 from hgmldl.errors import UserError
-from hgmldl.train import build_module, build_trainer, run
 from tests.conftest import ROOT
 
 UPDATES_PER_EPOCH = 13  # tests/conftest.py's 400 training images in minibatches of 32

@@ -8,9 +8,9 @@ import pytest
 import torch
 from sklearn.model_selection import train_test_split
 
+from hgmldl.commands.train import run
 from hgmldl.data import book_split
 from hgmldl.errors import UserError
-from hgmldl.train import run
 from tests.conftest import make_idx_dataset
 
 NO_DATA = ("data=mnist", "data.idx_dir=/nonexistent")  # a check that let the run through would fail on the data

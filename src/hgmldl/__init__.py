@@ -24,8 +24,29 @@ warnings.filterwarnings(
     module=r"lightning\.pytorch\.utilities\._pytree",
 )
 
-from hgmldl.api import History, evaluate, fit, load, load_data, predict  # noqa: E402  (after the filters)
+from hgmldl.api import (  # noqa: E402  (after the filters)
+    History,
+    evaluate,
+    fit,
+    load_data,
+    predict,
+    show_data,
+    summarize,
+    visualize,
+)
 from hgmldl.model_summary import summary  # noqa: E402
+from hgmldl.saving import load_model as load  # noqa: E402  (Keras' load_model)
 
-__all__ = ["History", "evaluate", "fit", "load", "load_data", "predict", "summary"]
+__all__ = [
+    "History",
+    "evaluate",
+    "fit",
+    "load",
+    "load_data",
+    "predict",
+    "show_data",
+    "summarize",
+    "summary",
+    "visualize",
+]
 __version__ = "0.1.0"

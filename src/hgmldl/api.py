@@ -1,5 +1,5 @@
 """The commands as Python functions, for notebooks: Keras' `history = model.fit(...)`, `evaluate`, `predict` and
-`load_model`.
+`load_model`, and `visualize`, `show_data` and `summarize`.
 
 Each function takes the command line's overrides (`"model=cnn"`, `"trainer.max_epochs=5"`), composes conf/ with
 Hydra's Compose API exactly as the command does, and calls the command's own function. A UserError is raised, and
@@ -23,13 +23,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from hgmldl import evaluation, prediction, train
+from hgmldl.commands import evaluate as evaluate_command
+from hgmldl.commands import predict as predict_command
+from hgmldl.commands import show_data as show_data_command
+from hgmldl.commands import summarize as summarize_command
+from hgmldl.commands import train
+from hgmldl.commands import visualize as visualize_command
 from hgmldl.config import check_config, register_configs
 from hgmldl.errors import UserError
 from hgmldl.history import read_history
 from hgmldl.images import split_images
 from hgmldl.module import Classifier
-from hgmldl.saving import load_model
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/ and experiments/ beside src/
 HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
@@ -62,7 +66,7 @@ def fit(*overrides: str, output_dir: str | Path | None = None) -> History:
         raise UserError("fit trains networks; run the baseline with python train.py experiment=ch7_1_sgd_baseline")
     check_config(cfg)  # before the folder is made: a bad value or folder is one line, as with train.py
     run_dir = Path(cfg.output_dir)
-    # What Hydra saves for train.py: resume=<run dir> and scripts/summarize.py read them.
+    # What Hydra saves for train.py: resume=<run dir> and summarize.py read them.
     (run_dir / ".hydra").mkdir(parents=True, exist_ok=True)
     OmegaConf.save(cfg, run_dir / ".hydra" / "config.yaml")
     OmegaConf.save(OmegaConf.create(list(overrides)), run_dir / ".hydra" / "overrides.yaml")
@@ -82,7 +86,7 @@ def evaluate(ckpt_path: str | Path, *overrides: str, output_dir: str | Path | No
     """`python evaluate.py ckpt_path=… <overrides>`: val and test loss and accuracy, and per-class accuracy."""
     cfg = compose_config("evaluate", overrides, output_dir, ckpt_path=str(ckpt_path))
     with job_logging(Path(cfg.output_dir) / "evaluate.log"):
-        return evaluation.evaluate(cfg)
+        return evaluate_command.run(cfg)
 
 
 def predict(ckpt_path: str | Path, *overrides: str, output_dir: str | Path | None = None) -> dict[str, Any]:
@@ -90,7 +94,26 @@ def predict(ckpt_path: str | Path, *overrides: str, output_dir: str | Path | Non
     the class, its ten probabilities and prediction.png."""
     cfg = compose_config("predict", overrides, output_dir, ckpt_path=str(ckpt_path))
     with job_logging(Path(cfg.output_dir) / "predict.log"):
-        return prediction.predict(cfg)
+        return predict_command.run(cfg)
+
+
+def visualize(ckpt_path: str | Path, *overrides: str, output_dir: str | Path | None = None) -> dict[str, Any]:
+    """`python visualize.py ckpt_path=… <overrides>`: 8-3's pictures of a CNN; returns conv1's kernel statistics."""
+    cfg = compose_config("visualize", overrides, output_dir, ckpt_path=str(ckpt_path))
+    with job_logging(Path(cfg.output_dir) / "visualize.log"):
+        return visualize_command.run(cfg)
+
+
+def show_data(*overrides: str, output_dir: str | Path | None = None) -> list[int]:
+    """`python show_data.py <overrides>`: samples.png and the number of training images per class."""
+    cfg = compose_config("show_data", overrides, output_dir)
+    with job_logging(Path(cfg.output_dir) / "show_data.log"):
+        return show_data_command.run(cfg)
+
+
+def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """`python summarize.py sweep_dir=…`: a sweep folder's summary.csv, summary.md and curves.png; returns the rows."""
+    return summarize_command.summarize(sweep_dir)
 
 
 def load_data(split: str = "train", *overrides: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -99,12 +122,6 @@ def load_data(split: str = "train", *overrides: str) -> tuple[torch.Tensor, torc
     val_scaled (the 12,000 that train_test_split(test_size=0.2, random_state=42) holds out), `test` the test file."""
     cfg = compose_config("train", overrides, output_dir=None)
     return split_images(instantiate(cfg.data), split)
-
-
-def load(path: str | Path) -> Classifier:
-    """Keras' `load_model`: the model a checkpoint (or a `.safetensors` file with its config) describes, with its
-    weights, in eval mode."""
-    return load_model(path)
 
 
 def compose_config(name: str, overrides: Sequence[str], output_dir: str | Path | None, **values: str) -> DictConfig:

@@ -4,7 +4,7 @@
     scores = cross_validate(sc, train_scaled, train_target, n_jobs=-1); np.mean(scores['test_score'])  # 0.8196
 
 It runs through the same entry point as the networks (`python train.py experiment=ch7_1_sgd_baseline`): the preset
-sets `baseline` to the estimator, and `hgmldl.train.run` hands such configs to `cross_validate_baseline`.
+sets `baseline` to the estimator, and `hgmldl.commands.train.run` hands such configs to `cross_validate_baseline`.
 """
 
 import json

@@ -1,4 +1,4 @@
-"""The callbacks Lightning lacks: Keras' EarlyStopping restore_best_weights, History and TerminateOnNaN, the random
+"""The callbacks Lightning lacks: Keras' EarlyStopping restore_best_weights, History (as history.csv) and TerminateOnNaN, the random
 state in checkpoints, per-class accuracy with the confusion matrix for evaluate.py, the book's pictures in
 TensorBoard, and a progress bar that counts updates."""
 
@@ -15,9 +15,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 
 from hgmldl.errors import UserError
-from hgmldl.history import COLUMNS, write_history
-from hgmldl.models import NUM_CLASSES
-from hgmldl.viz import (
+from hgmldl.figures import (
     class_names,
     plot_confusion_matrix,
     plot_filters,
@@ -25,6 +23,8 @@ from hgmldl.viz import (
     plot_samples,
     save_figure,
 )
+from hgmldl.history import HISTORY_COLUMNS, write_history
+from hgmldl.models import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +77,8 @@ class EarlyStopping(early_stopping.EarlyStopping):
         self.best_weights = state_dict.get("best_weights")
 
 
-class History(L.Callback):
-    """Keras' History: one row per epoch of loss, accuracy, val_loss, val_accuracy, written to `history.csv`
+class HistoryCSV(L.Callback):
+    """Keras' History record as `history.csv` (`hgmldl.History` is what hgmldl.fit returns): one row per epoch of loss, accuracy, val_loss, val_accuracy, written to `history.csv`
     after every epoch (atomically), and one Keras `verbose=2` line per epoch in the log; `curves.png` at the end."""
 
     def __init__(self, path: str) -> None:
@@ -101,12 +101,12 @@ class History(L.Callback):
             name: value for name, value in trainer.callback_metrics.items() if self._validated or "val_" not in name
         }
         row = {"epoch": trainer.current_epoch, "time": round(time.perf_counter() - self._epoch_start, 3)}
-        row |= {name: float(metrics[name]) for name in COLUMNS if name in metrics}
+        row |= {name: float(metrics[name]) for name in HISTORY_COLUMNS if name in metrics}
         self.rows.append(row)
         if not trainer.is_global_zero:  # under DDP: one file, one line per epoch
             return
         write_history(self.path, self.rows)
-        columns = [name for name in COLUMNS if name in row]
+        columns = [name for name in HISTORY_COLUMNS if name in row]
         scores = " - ".join(
             f"{name}: {row[name]:.4g}" if name == "lr" else f"{name}: {row[name]:.4f}" for name in columns[1:-1]
         )
@@ -232,7 +232,7 @@ class TensorBoardImages(L.Callback):
         self.test_metrics = ClassMetrics()  # the test confusion matrix
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Kept here: the run may detach its loggers before the final validate/test (hgmldl.train.run does).
+        # Kept here: the run may detach its loggers before the final validate/test (hgmldl.commands.train.run does).
         self.writer = trainer.logger.experiment if trainer.is_global_zero and trainer.logger else None
         if self.writer is None:
             return

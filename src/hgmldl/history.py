@@ -1,4 +1,4 @@
-"""history.csv, Keras' History on disk: one row per epoch, written by the History callback after every epoch and
+"""history.csv, Keras' History on disk: one row per epoch, written by the HistoryCSV callback after every epoch and
 read back by the sweep summary, scripts/plot_history.py, scripts/reproduce.py and hgmldl.api."""
 
 import csv
@@ -9,13 +9,13 @@ from typing import Any
 
 from hgmldl.files import write_text_atomic
 
-COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time"]  # lr: with a scheduler
+HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time"]  # lr: with a scheduler
 
 
 def write_history(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Writes `rows` atomically, with the columns of COLUMNS that any row has, in that order (an epoch without
+    """Writes `rows` atomically, with the columns of HISTORY_COLUMNS that any row has, in that order (an epoch without
     validation leaves its val_* empty)."""
-    columns = [name for name in COLUMNS if any(name in row for row in rows)]
+    columns = [name for name in HISTORY_COLUMNS if any(name in row for row in rows)]
     text = io.StringIO()
     writer = csv.DictWriter(text, columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

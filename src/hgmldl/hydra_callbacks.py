@@ -7,9 +7,9 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from hgmldl.commands.summarize import summarize
 from hgmldl.errors import UserError, one_line_errors
 from hgmldl.files import check_output_dir
-from hgmldl.sweep import summarize
 
 
 class CheckOutputDir(Callback):
@@ -52,7 +52,7 @@ class NewSweepDir(Callback):
 
 
 class SweepSummary(Callback):
-    """Writes summary.csv, summary.md and curves.png into the sweep folder when the sweep ends (hgmldl.sweep)."""
+    """Writes summary.csv, summary.md and curves.png into the sweep folder when the sweep ends (hgmldl.commands.summarize)."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         summarize(config.hydra.sweep.dir)

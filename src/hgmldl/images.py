@@ -11,7 +11,7 @@ from hgmldl.data import IMAGE_SIZE, FashionMNISTDataModule, scale
 from hgmldl.errors import UserError
 from hgmldl.saving import check_readable
 
-SPLITS = ("train", "val", "test")
+DATA_SPLITS = ("train", "val", "test")
 
 
 def split_images(datamodule: FashionMNISTDataModule, split: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -20,8 +20,8 @@ def split_images(datamodule: FashionMNISTDataModule, split: str) -> tuple[torch.
     `train` is the whole training file in its own order, as Keras' load_data() returns `train_input` (the book's
     8-3 looks at its image 0, the ankle boot); `val` is the book's `val_scaled` (its 8-2 predicts image 0, a bag).
     """
-    if split not in SPLITS:
-        raise UserError(f"split={split} does not exist; choose one of {', '.join(SPLITS)}")
+    if split not in DATA_SPLITS:
+        raise UserError(f"split={split} does not exist; choose one of {', '.join(DATA_SPLITS)}")
     datamodule.prepare_data()
     if split == "train":  # before the book's split, which setup() makes
         dataset = datamodule.dataset_class(datamodule.root, train=True)

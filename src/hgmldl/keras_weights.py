@@ -170,7 +170,7 @@ def load_keras_weights(net: nn.Sequential, weights: Arrays, path: Path, model: s
 
 
 def import_keras(path: str | Path, activation: str = "relu", dropout: float = 0.0) -> Classifier:
-    """Keras' `load_model(path)` as a Classifier in eval mode, from a Keras 3 `.keras` or `.weights.h5` file.
+    """A Classifier in eval mode from a Keras 3 `.keras` or `.weights.h5` file.
 
     A `.weights.h5` file holds no layer configs: the activations and the dropout rate are `activation` and
     `dropout` (7-3's model.weights.h5: relu and 0.3). The Classifier has no optimizer: it predicts and evaluates.

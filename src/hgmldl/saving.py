@@ -3,8 +3,8 @@
 - `save_weights` / `load_weights`: the weights only, as safetensors, with the model's config in the file's metadata
   so that loading them into another architecture names both.
 - `model.save` is the Lightning checkpoint (best.ckpt / last.ckpt, or `trainer.save_checkpoint`): weights plus the
-  hyperparameters that rebuild the network; `load_checkpoint` is `keras.models.load_model`, and `load_model` reads
-  either file (a model's weights with their config predict and evaluate as well).
+  hyperparameters that rebuild the network. `load_model` is `keras.models.load_model` (exported as `hgmldl.load`):
+  it reads a checkpoint (through `load_checkpoint`), a model's weights with their config, or a Keras file.
 
 Nothing here unpickles arbitrary objects: checkpoints are read with `torch.load(weights_only=True)`, which accepts
 only tensors and plain containers, and weights with safetensors, which holds tensors only. A file from an untrusted
@@ -44,7 +44,7 @@ def check_readable(path: str | Path, what: str) -> Path:
 
 
 def load_checkpoint(path: str | Path | None, map_location: str | torch.device = "cpu") -> Classifier:
-    """Keras' `load_model`: the Classifier with the architecture and weights saved in a Lightning checkpoint.
+    """The Classifier with the architecture and weights saved in a Lightning checkpoint.
 
     `Classifier.load_from_checkpoint(path, weights_only=True)` does the same with tracebacks for errors; here each
     way a file can be wrong ends in one line that says what the file is.

@@ -141,7 +141,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     """The Trainer with the configured callbacks and logger, its options counted in minibatch updates.
 
     The progress bar is TQDM's, and only in a terminal: Lightning 2.6 defaults to Rich's bar, which fills log
-    files and CI logs with unreadable redraws; there the History callback prints one line per epoch instead.
+    files and CI logs with unreadable redraws; there the HistoryCSV callback prints one line per epoch instead.
     """
     # Without validation data (data.val_fraction=0) best.ckpt has nothing to compare: last.ckpt is the checkpoint.
     validation = cfg.data.get("val_fraction", VAL_FRACTION) > 0

@@ -14,17 +14,17 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from hgmldl.callbacks import ClassMetrics
+from hgmldl.figures import class_names, plot_confusion_matrix, save_figure
 from hgmldl.files import write_text_atomic
 from hgmldl.hangul import padded
 from hgmldl.saving import describe, load_model
-from hgmldl.viz import class_names, plot_confusion_matrix, save_figure
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("val", "test")
+EVALUATED_SPLITS = ("val", "test")
 
 
-def evaluate(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any]:
     """Writes evaluation.json, per_class_accuracy.csv and confusion_matrix_{val,test}.png into the run dir and
     returns what evaluation.json holds."""
     module = load_model(cfg.ckpt_path)
@@ -37,15 +37,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     scores = trainer.validate(module, datamodule=datamodule, verbose=False)[0]
     scores |= trainer.test(module, datamodule=datamodule, verbose=False)[0]
     results: dict[str, Any] = {
-        f"{split}_{name}": scores[f"{split}_{name}"] for split in SPLITS for name in ("loss", "accuracy")
+        f"{split}_{name}": scores[f"{split}_{name}"] for split in EVALUATED_SPLITS for name in ("loss", "accuracy")
     }
-    per_class = {split: class_metrics.results[split]["per_class_accuracy"].tolist() for split in SPLITS}
-    results["per_class_accuracy"] = {name: {s: per_class[s][i] for s in SPLITS} for i, name in enumerate(names)}
+    per_class = {split: class_metrics.results[split]["per_class_accuracy"].tolist() for split in EVALUATED_SPLITS}
+    results["per_class_accuracy"] = {
+        name: {s: per_class[s][i] for s in EVALUATED_SPLITS} for i, name in enumerate(names)
+    }
     if not trainer.is_global_zero:
         return results
 
     output_dir = Path(cfg.output_dir)
-    for split in SPLITS:
+    for split in EVALUATED_SPLITS:
         figure = plot_confusion_matrix(class_metrics.results[split]["confusion_matrix"], names, split)
         save_figure(figure, output_dir / f"confusion_matrix_{split}.png")
     write_text_atomic(output_dir / "evaluation.json", json.dumps(results, indent=2, ensure_ascii=False) + "\n")
@@ -58,7 +60,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_text_atomic(output_dir / "per_class_accuracy.csv", table.getvalue())
 
     log.info("%s: %s", cfg.ckpt_path, describe(dict(module.hparams.model)))
-    for split in SPLITS:
+    for split in EVALUATED_SPLITS:
         log.info("%s_loss %.4f  %s_accuracy %.4f", split, results[f"{split}_loss"], split, results[f"{split}_accuracy"])
     log.info("%s %12s %13s", padded("class"), "val_accuracy", "test_accuracy")
     for name, val, test in zip(names, *per_class.values(), strict=True):

@@ -1,4 +1,4 @@
-"""scripts/show_data.py's work, 7-1's first cells: the first training images with their labels, and the number of
+"""show_data.py's work, 7-1's first cells: the first training images with their labels, and the number of
 training images per class."""
 
 import logging
@@ -9,14 +9,14 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from hgmldl.data import NUM_CLASSES
+from hgmldl.figures import class_names, plot_samples, save_figure
 from hgmldl.hangul import padded
 from hgmldl.images import split_images
-from hgmldl.viz import class_names, plot_samples, save_figure
 
 log = logging.getLogger(__name__)
 
 
-def show_data(cfg: DictConfig) -> list[int]:
+def run(cfg: DictConfig) -> list[int]:
     """7-1's first cells: the first ten training images with their labels, and the number of images per class."""
     datamodule = instantiate(cfg.data)
     names = class_names(datamodule.dataset_class.__name__, cfg.classes)

@@ -2,7 +2,7 @@
 
 `python train.py -m optimizer=sgd,adam` writes `summary.csv`, `summary.md` and `curves.png` into the sweep folder
 when the sweep ends (the Hydra callback `hgmldl.hydra_callbacks.SweepSummary`, in conf/hydra/default.yaml);
-`python scripts/summarize.py <sweep dir>` does the same for a folder that exists already, e.g. a sweep that a failed
+`python summarize.py sweep_dir=<sweep dir>` does the same for a folder that exists already, e.g. a sweep that a failed
 job stopped (Hydra 1.3 ends a sweep with a failed job's error, and then calls no `on_multirun_end`).
 """
 
@@ -14,16 +14,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from hgmldl.config import override_key
 from hgmldl.errors import UserError
+from hgmldl.figures import plot_history, save_figure
 from hgmldl.files import write_text_atomic
 from hgmldl.history import read_history
-from hgmldl.viz import plot_history, save_figure
 
 # The metrics.json numbers of each job, in the table's column order; the table is sorted by the first one.
-COLUMNS = ["val_accuracy", "val_loss", "test_accuracy", "epochs", "stopped_epoch", "best_epoch", "params", "wall_time"]
+SUMMARY_COLUMNS = [
+    "val_accuracy",
+    "val_loss",
+    "test_accuracy",
+    "epochs",
+    "stopped_epoch",
+    "best_epoch",
+    "params",
+    "wall_time",
+]
 DECIMALS = {"val_accuracy": 4, "val_loss": 4, "test_accuracy": 4, "wall_time": 1}  # the others count (epochs, params)
 SEED_KEY = "seed"  # jobs that differ only in their seed are one setting, summarised as mean ± std
 
@@ -44,6 +53,13 @@ def find_jobs(sweep_dir: Path) -> list[Job]:
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
         jobs.append(Job(folder, list(OmegaConf.load(overrides_file)), metrics))
     return jobs
+
+
+def run(cfg: DictConfig) -> list[dict[str, Any]]:
+    """summarize.py: the summary of the sweep folder `cfg.sweep_dir`."""
+    if not cfg.sweep_dir:
+        raise UserError("no sweep folder given: add sweep_dir=multirun/<date>/<time>")
+    return summarize(cfg.sweep_dir)
 
 
 def summarize(sweep_dir: str | Path) -> list[dict[str, Any]]:
@@ -85,7 +101,7 @@ def summary_rows(jobs: list[Job], settings: list[str]) -> list[dict[str, Any]]:
     rows = []
     for (setting, failed), members in groups.items():
         row: dict[str, Any] = {"setting": setting, "status": "failed" if failed else "ok", "runs": len(members)}
-        for column in [] if failed else COLUMNS:
+        for column in [] if failed else SUMMARY_COLUMNS:
             values = [job.metrics[column] for job in members if job.metrics.get(column) is not None]
             row[column], row[f"{column}_std"] = mean_and_std(values)
         rows.append(row)
@@ -103,7 +119,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     """Plain numbers; the `*_std` columns only when some setting ran with several seeds."""
     names = ["setting", "status", "runs"]
     with_std = any(row["runs"] > 1 and row["status"] == "ok" for row in rows)
-    for column in COLUMNS:
+    for column in SUMMARY_COLUMNS:
         names += [column, f"{column}_std"] if with_std else [column]
     text = io.StringIO()
     writer = csv.DictWriter(text, names, extrasaction="ignore", lineterminator="\n")
@@ -113,12 +129,12 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
 
 
 def to_markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| setting | runs | " + " | ".join(COLUMNS) + " |", "|---|---:|" + "---:|" * len(COLUMNS)]
+    lines = ["| setting | runs | " + " | ".join(SUMMARY_COLUMNS) + " |", "|---|---:|" + "---:|" * len(SUMMARY_COLUMNS)]
     for row in rows:
         if row["status"] == "failed":
-            cells = ["failed (no metrics.json)"] + [""] * (len(COLUMNS) - 1)
+            cells = ["failed (no metrics.json)"] + [""] * (len(SUMMARY_COLUMNS) - 1)
         else:
-            cells = [format_cell(column, row[column], row[f"{column}_std"]) for column in COLUMNS]
+            cells = [format_cell(column, row[column], row[f"{column}_std"]) for column in SUMMARY_COLUMNS]
         lines.append(f"| {row['setting']} | {row['runs']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

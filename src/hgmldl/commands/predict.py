@@ -11,15 +11,15 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, TensorDataset
 
+from hgmldl.figures import class_names, plot_prediction, save_figure
 from hgmldl.hangul import padded
 from hgmldl.images import pick_image, read_image
 from hgmldl.saving import load_model
-from hgmldl.viz import class_names, plot_prediction, save_figure
 
 log = logging.getLogger(__name__)
 
 
-def predict(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any]:
     """The class of one image (`image=<file>`, or `index` of `split`) and its ten probabilities; prediction.png."""
     module = load_model(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)

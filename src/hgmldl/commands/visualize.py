@@ -12,15 +12,15 @@ from omegaconf import DictConfig
 from torch import nn
 
 from hgmldl.errors import UserError
+from hgmldl.figures import plot_feature_maps, plot_filters, plot_weight_histogram, save_figure
 from hgmldl.images import pick_image
 from hgmldl.models import feature_extractor, keras_init_, keras_layers
 from hgmldl.saving import describe, load_model
-from hgmldl.viz import plot_feature_maps, plot_filters, plot_weight_histogram, save_figure
 
 log = logging.getLogger(__name__)
 
 
-def visualize(cfg: DictConfig) -> dict[str, Any]:
+def run(cfg: DictConfig) -> dict[str, Any]:
     """8-3's pictures of a CNN checkpoint: conv1's kernels (trained and freshly Keras-initialised) as a histogram
     and a filter grid, and the feature maps of conv1 and conv2 (after their activation) for one image."""
     module = load_model(cfg.ckpt_path)

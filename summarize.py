@@ -1,0 +1,29 @@
+"""The summary a sweep writes when it ends, for a sweep folder that exists already:
+
+    python summarize.py sweep_dir=multirun/2026-11-23/14-05-09-123456
+
+writes summary.csv, summary.md and curves.png into it and prints the table; jobs without metrics.json are listed as
+failed. Useful after a sweep that a failed job stopped, or one run before this summary existed.
+Options: conf/summarize.yaml (`python summarize.py --help`).
+"""
+
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from hgmldl.commands.summarize import run
+from hgmldl.config import register_configs
+from hgmldl.errors import one_line_errors
+
+register_configs(Path(__file__).parent / "experiments")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="summarize")
+@one_line_errors
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
