@@ -12,8 +12,8 @@ from pathlib import Path
 
 from hgmldl.errors import UserError, one_line_errors
 from hgmldl.keras_weights import import_keras
-from hgmldl.models import ACTIVATIONS
-from hgmldl.saving import describe, save_weights
+from hgmldl.models import ACTIVATIONS, describe
+from hgmldl.saving import save_weights
 
 
 @one_line_errors

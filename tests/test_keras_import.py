@@ -15,8 +15,9 @@ from safetensors.torch import save_file
 
 from hgmldl.errors import UserError
 from hgmldl.keras_weights import import_keras
+from hgmldl.models import describe
 from hgmldl.module import Classifier
-from hgmldl.saving import describe, load_model, load_weights
+from hgmldl.saving import load_model, load_weights
 from tests.conftest import ROOT
 
 CNN = "cnn(hidden_units=100, dropout=0.4, activation=relu)"

@@ -1,9 +1,10 @@
 """Hydra wiring: typed schemas for the keys users type most, the `experiment` group from experiments/, and the
 checks that reject a bad value before any data is loaded."""
 
+import inspect
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
+from hgmldl.data import FashionMNISTDataModule
 from hgmldl.errors import UserError
 from hgmldl.files import check_output_dir
 from hgmldl.hardware import check_cpu_bf16
@@ -21,18 +23,12 @@ class Init(Enum):
     torch = "torch"  # PyTorch's own kaiming-uniform defaults
 
 
-@dataclass
-class DataSchema:
-    """conf/data/*.yaml: a typo or a wrong type in data.* fails when the config is composed."""
-
-    _target_: str = MISSING
-    root: str = "data"
-    idx_dir: str | None = None
-    batch_size: int = 32
-    eval_batch_size: int = 1000
-    seed: int = "${seed}"  # type: ignore[assignment]  # interpolation, resolved to an int
-    download: bool = True
-    val_fraction: float = 0.2
+def data_schema() -> type:
+    """conf/data/*.yaml's keys, types and defaults: the data module's arguments, so that they are written once (in
+    hgmldl.data), and a typo or a wrong type in data.* fails when the config is composed."""
+    arguments = list(inspect.signature(FashionMNISTDataModule.__init__).parameters.values())[1:]
+    fields = [(argument.name, argument.annotation, field(default=argument.default)) for argument in arguments]
+    return make_dataclass("DataSchema", [("_target_", str, field(default=MISSING)), *fields])
 
 
 @dataclass
@@ -67,7 +63,7 @@ def register_configs(experiments_dir: Path) -> None:
     """
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)
-    store.store(name="data_schema", node=DataSchema)  # a base of conf/data/*.yaml, not a dataset to choose
+    store.store(name="data_schema", node=data_schema())  # a base of conf/data/*.yaml, not a dataset to choose
     for path in sorted(experiments_dir.glob("*.yaml")):
         store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
 

@@ -21,6 +21,7 @@ from torch.utils.data import DistributedSampler
 
 from hgmldl.errors import UserError
 from hgmldl.files import open_atomic
+from hgmldl.models import IMAGE_SIZE, NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,7 @@ IMAGES_MAGIC, LABELS_MAGIC = (
     2051,
     2049,
 )  # IDX headers: 0x00000803 = ubyte × 3 dims, 0x00000801 = ubyte × 1 dim
-IMAGE_SIZE = 28
 DOWNLOAD_TIMEOUT = 30  # seconds without an answer before a download gives up
-NUM_CLASSES = 10
 
 # The book's split: train_test_split(train_scaled, train_target, test_size=0.2, random_state=42).
 VAL_FRACTION = 0.2

@@ -74,3 +74,13 @@ def check_output_dir(path: str | os.PathLike, min_free_bytes: int = MIN_FREE_BYT
             f"only {free / 2**20:.0f} MB free on the disk of {path}; a run needs at least "
             f"{min_free_bytes / 2**20:.0f} MB: free some space or choose another hydra.run.dir"
         )
+
+
+def check_readable(path: str | Path, what: str) -> Path:
+    """`path` as a Path, or a one-line error if there is no non-empty file to read there."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{what} {path} is empty")
+    return path

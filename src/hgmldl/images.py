@@ -7,9 +7,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from hgmldl.data import IMAGE_SIZE, FashionMNISTDataModule, scale
+from hgmldl.data import FashionMNISTDataModule, scale
 from hgmldl.errors import UserError
-from hgmldl.saving import check_readable
+from hgmldl.files import check_readable
+from hgmldl.models import IMAGE_SIZE
 
 DATA_SPLITS = ("train", "val", "test")
 

@@ -11,7 +11,6 @@ import io
 import json
 import re
 import zipfile
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +20,9 @@ import torch
 from torch import nn
 
 from hgmldl.errors import UserError
-from hgmldl.models import ACTIVATIONS, KERAS_LAYERS, keras_layers
+from hgmldl.files import check_readable
+from hgmldl.models import ACTIVATIONS, INPUT_SHAPE, KERAS_LAYERS, describe, keras_layers, keras_names
 from hgmldl.module import Classifier
-from hgmldl.saving import check_readable, describe
 
 Arrays = dict[str, list[np.ndarray]]
 KERAS_CLASSES = dict(KERAS_LAYERS.values())  # Conv2D → conv2d, …: the layers hgmldl.models can build
@@ -63,19 +62,13 @@ def layer_configs(config: dict[str, Any], path: Path) -> dict[str, dict[str, Any
     """config.json's layers by their weights-file names, after checking that hgmldl.models has each one."""
     if config.get("class_name") != "Sequential":
         raise UserError(f"{path} holds a {config.get('class_name')} model; hgmldl imports keras.Sequential models")
-    layers: dict[str, dict[str, Any]] = {}
-    counts: Counter[str] = Counter()
     for number, layer in enumerate(config["config"]["layers"]):
-        kind = layer["class_name"]
-        if kind == "InputLayer":
-            continue
-        if kind not in KERAS_CLASSES:
+        if layer["class_name"] not in {*KERAS_CLASSES, "InputLayer"}:
             supported = ", ".join(KERAS_CLASSES)
-            raise UserError(f"{path}: layer {number} is a {kind}; hgmldl.models builds only {supported}")
-        name = KERAS_CLASSES[kind]
-        layers[name if not counts[name] else f"{name}_{counts[name]}"] = layer["config"]
-        counts[name] += 1
-    return layers
+            raise UserError(f"{path}: layer {number} is a {layer['class_name']}; hgmldl.models builds only {supported}")
+    layers = [layer for layer in config["config"]["layers"] if layer["class_name"] != "InputLayer"]
+    names = keras_names(KERAS_CLASSES[layer["class_name"]] for layer in layers)
+    return {name: layer["config"] for name, layer in zip(names, layers, strict=True)}
 
 
 def model_config(
@@ -141,7 +134,7 @@ def load_keras_weights(net: nn.Sequential, weights: Arrays, path: Path, model: s
     for name, span in keras_layers(net).items():
         layer = net[span.start]
         if isinstance(layer, nn.Flatten):  # the map it flattens, for the Dense after it
-            flattened = tuple(net[: span.start](torch.zeros(1, 1, 28, 28)).shape[1:])
+            flattened = tuple(net[: span.start](torch.zeros(1, *INPUT_SHAPE)).shape[1:])
         if not isinstance(layer, nn.Conv2d | nn.Linear):
             continue
         kind = KERAS_LAYERS[type(layer)][0]

@@ -11,9 +11,9 @@ import torch
 from lightning.pytorch.callbacks import ModelSummary
 from torch import nn
 
-log = logging.getLogger(__name__)
+from hgmldl.models import INPUT_SHAPE
 
-INPUT_SHAPE = (1, 28, 28)  # one Fashion-MNIST / MNIST image
+log = logging.getLogger(__name__)
 
 
 def summary(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> str:

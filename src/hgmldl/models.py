@@ -1,16 +1,21 @@
-"""The book's Keras models, each one `nn.Sequential` in the book's layer order.
+"""The book's Keras models, each one `nn.Sequential` in the book's layer order, and the Keras names and shapes
+every other module takes from here: the 28×28 one-channel input, the ten classes, the layers' Keras names.
 
 The final Dense(10, activation='softmax') is a plain Linear: its softmax lives in the loss (cross-entropy on
 logits), which is what Keras' softmax + sparse_categorical_crossentropy computes.
 """
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 from torch import nn
 
 ACTIVATIONS = {"relu": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
-NUM_PIXELS, NUM_CLASSES = 28 * 28, 10
+IMAGE_SIZE = 28  # Keras' input_shape=(28, 28): every Fashion-MNIST and MNIST image
+INPUT_SHAPE = (1, IMAGE_SIZE, IMAGE_SIZE)  # one image, channels first
+NUM_PIXELS = IMAGE_SIZE * IMAGE_SIZE
+NUM_CLASSES = 10
 # The Keras layer each torch layer stands for, and the name Keras gives it (numbered per kind: conv2d, conv2d_1, …).
 KERAS_LAYERS = {
     nn.Conv2d: ("Conv2D", "conv2d"),
@@ -19,6 +24,12 @@ KERAS_LAYERS = {
     nn.Linear: ("Dense", "dense"),
     nn.Dropout: ("Dropout", "dropout"),
 }
+
+
+def describe(model: dict[str, Any]) -> str:
+    """`cnn(hidden_units=100, dropout=0.4, activation=relu)`: the model config as a user would type it."""
+    arguments = ", ".join(f"{key}={value}" for key, value in model.items() if key != "_target_")
+    return f"{model.get('_target_', '?').rsplit('.', 1)[-1]}({arguments})"
 
 
 def activation_layer(name: str) -> nn.Module:
@@ -93,17 +104,26 @@ def keras_layers(net: nn.Sequential) -> dict[str, slice]:
     slice. Names are numbered per kind, as Keras numbers them in a fresh session and in its weights files.
     For the CNN: conv2d = net[0:2], max_pooling2d = net[2:3], conv2d_1 = net[3:5], …, dense_1 = net[10:11].
     """
-    layers: dict[str, slice] = {}
-    counts: Counter[str] = Counter()
+    spans: list[tuple[str, slice]] = []
     for index, layer in enumerate(net):
-        if isinstance(layer, tuple(ACTIVATIONS.values())) and layers:
-            last = next(reversed(layers))
-            layers[last] = slice(layers[last].start, index + 1)
-            continue
-        kind = KERAS_LAYERS[type(layer)][1]
-        layers[kind if not counts[kind] else f"{kind}_{counts[kind]}"] = slice(index, index + 1)
+        if isinstance(layer, tuple(ACTIVATIONS.values())) and spans:
+            kind, span = spans[-1]
+            spans[-1] = kind, slice(span.start, index + 1)
+        else:
+            spans.append((KERAS_LAYERS[type(layer)][1], slice(index, index + 1)))
+    names = keras_names(kind for kind, _ in spans)
+    return {name: span for name, (_, span) in zip(names, spans, strict=True)}
+
+
+def keras_names(kinds: Iterable[str]) -> list[str]:
+    """The names Keras gives layers of these kinds, in model order: numbered per kind (conv2d, conv2d_1, dense, …),
+    as in a fresh session and in its weights files."""
+    counts: Counter[str] = Counter()
+    names = []
+    for kind in kinds:
+        names.append(kind if not counts[kind] else f"{kind}_{counts[kind]}")
         counts[kind] += 1
-    return layers
+    return names
 
 
 def feature_extractor(model: nn.Module, layer: int | str) -> nn.Sequential:

@@ -11,7 +11,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from hgmldl.models import NUM_CLASSES, keras_init_
+from hgmldl.models import INPUT_SHAPE, NUM_CLASSES, keras_init_
 from hgmldl.steps_per_execution import STAGE_PREFIX, StepsPerExecution
 
 
@@ -48,7 +48,7 @@ class Classifier(StepsPerExecution, L.LightningModule):
         self.net.to(memory_format=torch.channels_last)
         if compile:  # torch.compile in place, so the state_dict keys stay those of the plain network
             self.net.compile()
-        self.example_input_array = torch.zeros(1, 1, 28, 28)  # gives ModelSummary Keras' output-shape column
+        self.example_input_array = torch.zeros(1, *INPUT_SHAPE)  # gives ModelSummary Keras' output-shape column
         # The epoch means, keyed by their History names (loss, accuracy, val_loss, …).
         self.epoch_metrics = nn.ModuleDict()
         for prefix in STAGE_PREFIX.values():

@@ -10,8 +10,9 @@ from omegaconf import OmegaConf
 
 from hgmldl.config import override_key
 from hgmldl.errors import UserError
+from hgmldl.models import describe
 from hgmldl.module import Classifier
-from hgmldl.saving import describe, load_checkpoint
+from hgmldl.saving import fits, load_checkpoint
 
 LAST_CHECKPOINT = "checkpoints/last.ckpt"  # in the run folder: ModelCheckpoint(save_last=True), every epoch
 
@@ -69,7 +70,7 @@ def check_resumable(module: Classifier, ckpt_path: str) -> None:
     """One line, before any data is loaded, where Lightning would fail after loading it with a traceback: a missing
     or foreign file, or the checkpoint of another architecture than the configured one."""
     saved = load_checkpoint(ckpt_path)
-    if {k: v.shape for k, v in saved.state_dict().items()} != {k: v.shape for k, v in module.state_dict().items()}:
+    if not fits(saved.state_dict(), module):
         raise UserError(
             f"{ckpt_path} holds {describe(dict(saved.hparams.model))} but this run builds "
             f"{describe(dict(module.hparams.model))}: resume with the model options of the run that saved it"

@@ -13,34 +13,22 @@ source can therefore fail to load, but cannot run code.
 
 import json
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from hgmldl.errors import UserError
+from hgmldl.files import check_readable
+from hgmldl.keras_weights import import_keras
+from hgmldl.models import describe
 from hgmldl.module import Classifier
 
 
-def describe(model: dict[str, Any]) -> str:
-    """`cnn(hidden_units=100, dropout=0.4, activation=relu)`: the model config as a user would type it."""
-    arguments = ", ".join(f"{key}={value}" for key, value in model.items() if key != "_target_")
-    return f"{model.get('_target_', '?').rsplit('.', 1)[-1]}({arguments})"
-
-
-def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
-    return {name: tuple(tensor.shape) for name, tensor in state.items()}
-
-
-def check_readable(path: str | Path, what: str) -> Path:
-    """`path` as a Path, or a one-line error if there is no non-empty file to read there."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{what} {path} does not exist" if not path.exists() else f"{what} {path} is not a file")
-    if path.stat().st_size == 0:
-        raise UserError(f"{what} {path} is empty")
-    return path
+def fits(state: dict[str, torch.Tensor], module: torch.nn.Module) -> bool:
+    """Whether `state` holds `module`'s tensors, name for name and shape for shape: what load_state_dict takes."""
+    shapes = {name: tuple(tensor.shape) for name, tensor in state.items()}
+    return shapes == {name: tuple(tensor.shape) for name, tensor in module.state_dict().items()}
 
 
 def load_checkpoint(path: str | Path | None, map_location: str | torch.device = "cpu") -> Classifier:
@@ -100,8 +88,6 @@ def load_model(path: str | Path | None) -> Classifier:
     its model config (`save_weights`, scripts/import_keras.py), or the book's own Keras 3 `.keras` file. The latter
     two have no optimizer: they predict and evaluate."""
     if path is not None and Path(path).suffix in (".keras", ".h5"):
-        from hgmldl.keras_weights import import_keras  # imported here: it builds on this module, and needs h5py
-
         return import_keras(path)
     if path is None or Path(path).suffix != ".safetensors":
         return load_checkpoint(path)
@@ -129,6 +115,6 @@ def _read_weights(path: Path, device: str) -> tuple[dict[str, torch.Tensor], dic
 
 def _load_state(module: Classifier, state: dict[str, torch.Tensor], source: str) -> None:
     """load_state_dict(strict) with a one-line error naming both architectures instead of a list of keys."""
-    if _shapes(state) != _shapes(module.state_dict()):
+    if not fits(state, module):
         raise UserError(f"{source}; it does not fit the model {describe(dict(module.hparams.model))}")
     module.load_state_dict(state)

@@ -17,7 +17,8 @@ from hgmldl.callbacks import ClassMetrics
 from hgmldl.figures import class_names, plot_confusion_matrix, save_figure
 from hgmldl.files import write_text_atomic
 from hgmldl.hangul import padded
-from hgmldl.saving import describe, load_model
+from hgmldl.models import describe
+from hgmldl.saving import load_model
 
 log = logging.getLogger(__name__)
 

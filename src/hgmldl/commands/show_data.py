@@ -8,10 +8,10 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from hgmldl.data import NUM_CLASSES
 from hgmldl.figures import class_names, plot_samples, save_figure
 from hgmldl.hangul import padded
 from hgmldl.images import split_images
+from hgmldl.models import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 

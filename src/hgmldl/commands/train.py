@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 from hgmldl.baseline import cross_validate_baseline
 from hgmldl.callbacks import EarlyStopping, UpdatesProgressBar
 from hgmldl.config import check_config
-from hgmldl.data import VAL_FRACTION
 from hgmldl.errors import UserError
 from hgmldl.files import write_text_atomic
 from hgmldl.module import Classifier
@@ -54,7 +53,7 @@ def run(cfg: DictConfig) -> Trained:
         # only makes torch 2.14's optimizer.step() retry loading NVML on every update (~45 µs each).
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
-    validation = cfg.data.get("val_fraction", VAL_FRACTION) > 0
+    validation = has_validation(cfg)
     if not validation:
         check_without_validation(cfg)
     module = build_module(cfg)
@@ -144,7 +143,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     files and CI logs with unreadable redraws; there the HistoryCSV callback prints one line per epoch instead.
     """
     # Without validation data (data.val_fraction=0) best.ckpt has nothing to compare: last.ckpt is the checkpoint.
-    validation = cfg.data.get("val_fraction", VAL_FRACTION) > 0
+    validation = has_validation(cfg)
     callbacks = [instantiate(node) for node in cfg.callbacks.values() if validation or not watches_validation(node)]
     progress_bar = cfg.trainer.enable_progress_bar
     if progress_bar is None:
@@ -157,6 +156,11 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         options |= {"limit_val_batches": 0, "num_sanity_val_steps": 0}  # no validation loop at all
     with lightning_errors():
         return instantiate(cfg.trainer, callbacks=callbacks, logger=logger, enable_progress_bar=progress_bar, **options)
+
+
+def has_validation(cfg: DictConfig) -> bool:
+    """data.val_fraction=0 (DLP ch. 2) trains on every training image: no validation data, no val_* metrics."""
+    return cfg.data.val_fraction > 0
 
 
 def watches_validation(node: Any) -> bool:

@@ -14,8 +14,8 @@ from torch import nn
 from hgmldl.errors import UserError
 from hgmldl.figures import plot_feature_maps, plot_filters, plot_weight_histogram, save_figure
 from hgmldl.images import pick_image
-from hgmldl.models import feature_extractor, keras_init_, keras_layers
-from hgmldl.saving import describe, load_model
+from hgmldl.models import describe, feature_extractor, keras_init_, keras_layers
+from hgmldl.saving import load_model
 
 log = logging.getLogger(__name__)
 
