@@ -4,11 +4,15 @@ From Python, as the book's Keras: `history = hgmldl.fit("experiment=ch7_3_callba
 `history.model`, `hgmldl.load_data("val")`, `hgmldl.evaluate(ckpt)`, `hgmldl.predict(ckpt)`, `hgmldl.load(ckpt)`, `hgmldl.summary(model)`.
 """
 
+import importlib
 import logging
 import os
 import warnings
+from typing import Any
 
-# What a run prints is the book's output and the project's own messages. These third-party lines are not:
+# The package's only import side effects, here so that they are in place before anything imports Lightning (every
+# entry point imports hgmldl first). What a run prints is the book's output and the project's own messages; these
+# third-party lines are not:
 # TensorBoard imports TensorFlow where it is installed, whose C++ start-up notes (CPU instructions) print as INFO;
 # Lightning 2.6 advertises its cloud logger and checkpoint store at every Trainer start, notes that our Keras-style
 # summary replaces its own, and calls a pytree API that torch 2.14 deprecated.
@@ -24,29 +28,31 @@ warnings.filterwarnings(
     module=r"lightning\.pytorch\.utilities\._pytree",
 )
 
-from hgmldl.api import (  # noqa: E402  (after the filters)
-    History,
-    evaluate,
-    fit,
-    load_data,
-    predict,
-    show_data,
-    summarize,
-    visualize,
-)
-from hgmldl.model_summary import summary  # noqa: E402
-from hgmldl.saving import load_model as load  # noqa: E402  (Keras' load_model)
-
-__all__ = [
-    "History",
-    "evaluate",
-    "fit",
-    "load",
-    "load_data",
-    "predict",
-    "show_data",
-    "summarize",
-    "summary",
-    "visualize",
-]
+# The Python API, imported on first use: `import hgmldl` alone loads neither Lightning nor matplotlib.
+_API = {
+    "History": ("hgmldl.api", "History"),
+    "evaluate": ("hgmldl.api", "evaluate"),
+    "fit": ("hgmldl.api", "fit"),
+    "load": ("hgmldl.saving", "load_model"),  # Keras' load_model
+    "load_data": ("hgmldl.api", "load_data"),
+    "predict": ("hgmldl.api", "predict"),
+    "show_data": ("hgmldl.api", "show_data"),
+    "summarize": ("hgmldl.api", "summarize"),
+    "summary": ("hgmldl.model_summary", "summary"),
+    "visualize": ("hgmldl.api", "visualize"),
+}
+__all__ = list(_API)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _API:
+        raise AttributeError(f"module 'hgmldl' has no attribute {name!r}")
+    module, attribute = _API[name]
+    value = getattr(importlib.import_module(module), attribute)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return [*globals(), *_API]

@@ -224,7 +224,7 @@ def first_conv(net: nn.Module) -> nn.Conv2d | None:
 class TensorBoardImages(L.Callback):
     """The book's pictures in TensorBoard beside the scalars (`logger=tensorboard_full`): the first training
     images once, conv1's filters and every parameter's histogram after each epoch, and the test set's confusion
-    matrix after `trainer.test`. Each epoch's histograms cost a few hundred ms, hence a preset of its own."""
+    matrix after `trainer.test`. The histograms slow every epoch down (docs/performance.md), hence a preset of its own."""
 
     def __init__(self, num_samples: int = 10) -> None:
         self.num_samples = num_samples

@@ -45,12 +45,12 @@ def run(cfg: DictConfig) -> Trained:
         return Trained(cross_validate_baseline(cfg), None, None)
     start = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    # RMSprop's and Adagrad's running averages decay into float32 denormals, which are ~100x slower on a CPU;
-    # TensorFlow flushes them to zero as well, so the numbers stay Keras' while the epochs stay fast.
+    # RMSprop's and Adagrad's running averages decay into float32 denormals, which a CPU computes far more slowly
+    # (docs/performance.md); TensorFlow flushes them to zero as well, so the numbers stay Keras'.
     torch.set_flush_denormal(True)
     if not torch.cuda.is_available():
         # `import lightning` sets PYTORCH_NVML_BASED_CUDA_CHECK=1 (fork safety on GPU machines); without a GPU it
-        # only makes torch 2.14's optimizer.step() retry loading NVML on every update (~45 µs each).
+        # only makes torch 2.14's optimizer.step() retry loading NVML on every update (docs/performance.md).
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
     validation = has_validation(cfg)
