@@ -144,6 +144,11 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     """
     # Without validation data (data.val_fraction=0) best.ckpt has nothing to compare: last.ckpt is the checkpoint.
     validation = has_validation(cfg)
+    left_out = [f"callbacks.{name}" for name, node in cfg.callbacks.items() if watches_validation(node)]
+    if not validation and left_out:
+        log.info(
+            "No validation data (data.val_fraction=0): %s left out, last.ckpt is the checkpoint", ", ".join(left_out)
+        )
     callbacks = [instantiate(node) for node in cfg.callbacks.values() if validation or not watches_validation(node)]
     progress_bar = cfg.trainer.enable_progress_bar
     if progress_bar is None:
