@@ -33,15 +33,16 @@ def data_schema() -> type:
 
 @dataclass
 class TrainSchema:
-    """conf/train.yaml's own keys; the group nodes are checked by their own schemas or by the code they build."""
+    """The types of conf/train.yaml's own keys, whose values (the defaults) are in that file; the group nodes are
+    checked by their own schemas or by the code they build."""
 
-    seed: int = 42
-    init: Init = Init.keras
-    steps_per_execution: int = 50
-    compile: bool = False
-    ckpt_path: str | None = None
-    resume: str | None = None
-    optimized_metric: str | None = "val_accuracy"
+    seed: int = MISSING
+    init: Init = MISSING
+    steps_per_execution: int = MISSING
+    compile: bool = MISSING
+    ckpt_path: str | None = MISSING
+    resume: str | None = MISSING
+    optimized_metric: str | None = MISSING
     output_dir: str = MISSING
     data: Any = MISSING
     model: Any = MISSING

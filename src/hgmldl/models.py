@@ -78,7 +78,7 @@ def cnn(hidden_units: int = 100, dropout: float = 0.4, activation: str = "relu")
         activation_layer(activation),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(64 * 7 * 7, hidden_units),
+        nn.Linear(64 * (IMAGE_SIZE // 4) ** 2, hidden_units),  # two 2×2 poolings: 28×28 maps become 7×7
         activation_layer(activation),
         nn.Dropout(dropout),
         nn.Linear(hidden_units, NUM_CLASSES),

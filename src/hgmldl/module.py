@@ -17,8 +17,8 @@ from hgmldl.steps_per_execution import STAGE_PREFIX, StepsPerExecution
 
 class Classifier(StepsPerExecution, L.LightningModule):
     """Builds its network, optimizer and learning-rate schedule from the plain config dicts it saves as
-    hyperparameters, so a checkpoint alone rebuilds the model (Keras' `load_model`):
-    `Classifier.load_from_checkpoint(path)`.
+    hyperparameters, so a checkpoint alone rebuilds the model: `Classifier.load_from_checkpoint(path)`, or
+    `hgmldl.load(path)` with one-line errors.
 
     `training_step` is Keras' `train_step`: one minibatch, one loss; with `steps_per_execution=1` Lightning's
     automatic optimization does backward() and optimizer.step(). By default (`steps_per_execution=50`, Keras'
