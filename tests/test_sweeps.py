@@ -131,9 +131,10 @@ def test_summarize_script_on_an_existing_folder(tmp_path, monkeypatch, capsys):
 
 def test_summarize_script_on_a_folder_without_jobs(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["summarize.py", f"sweep_dir={tmp_path}"])
+    monkeypatch.chdir(tmp_path)  # the command's own run folder is the current one: it must write nothing there
     with pytest.raises(SystemExit, match=r"^error: .* holds no job folders \(\*/.hydra/overrides.yaml\): give the"):
         runpy.run_path(str(ROOT / "summarize.py"), run_name="__main__")
-    assert not list(tmp_path.iterdir())  # nothing of the command's own (a .hydra/ would count as a job)
+    assert not list(tmp_path.iterdir())  # no .hydra/ (in a sweep folder it would count as a job), no log file
 
 
 def test_a_second_sweep_never_writes_into_the_same_folder(tmp_path):
