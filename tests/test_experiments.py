@@ -65,6 +65,8 @@ def test_preset_composes_to_the_books_model(name):
     assert cfg.trainer.max_epochs == epochs
     assert ("early_stopping" in cfg.callbacks) == early_stopping
     assert cfg.data.batch_size == (128 if name == "dlp2_ch2_mnist" else 32)
+    # hg-mldl's notebooks call keras.utils.set_random_seed, DLP's do not: the order each book's fit fed
+    assert cfg.data.shuffle == ("every_epoch" if name == "dlp2_ch2_mnist" else "keras")
     assert cfg.baseline is None
 
 
