@@ -1,7 +1,7 @@
 """CUDA, proven on a GPU in one command: the device-sensitive tests, every model for one epoch against the CPU, the
 book's CNN in full, DDP and scripts/benchmark.py → gpu_check.json and gpu_check.md in --out.
 
-    python scripts/gpu_check.py [--out DIR] [--budget 480] [--only models cnn]     # on a CUDA machine
+    python scripts/gpu_check.py [--out DIR] [--budget 420] [--only models cnn]     # on a CUDA machine
     python scripts/gpu_check.py --dry-run --idx-dir DIR --out DIR                   # the plumbing, on a CPU
 
 The parts, in this order (--only picks some):
