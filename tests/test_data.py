@@ -2,14 +2,18 @@
 
 import gzip
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DistributedSampler
 
 from hgmldl.data import SHUFFLES, FashionMNISTDataModule, KerasSeededSampler, MNISTDataModule, TensorBatches, book_split
 from hgmldl.errors import UserError
+from hgmldl.module import Classifier
 from tests.conftest import make_idx_dataset
 
 
@@ -154,3 +158,30 @@ def test_evaluation_batches_keep_the_order():
     labels = torch.arange(10)
     batches = TensorBatches(torch.zeros(10, 1, 1, 1), labels, batch_size=4)
     assert [y.tolist() for _, y in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+@pytest.mark.cuda
+def test_the_dataset_and_every_batch_live_on_the_trainers_device(make_cfg, accelerator):
+    # On a GPU the images are read into device memory once and batches are gathered there: no copy from the host
+    # per step, and Lightning's transfer_batch_to_device is a no-op.
+    cfg = make_cfg("model=cnn", "trainer.max_epochs=1", "callbacks=default")
+    module = Classifier(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer))
+    datamodule = instantiate(cfg.data)
+    inputs = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda layer, args, output: inputs.append(args[0]) if layer is module.net else None
+    )
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    try:
+        trainer.fit(module, datamodule=datamodule)
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    finally:
+        hook.remove()
+    device = torch.device("cuda", 0) if accelerator == "gpu" else torch.device("cpu")
+    data = (datamodule.train_images, datamodule.val_images, datamodule.test_images)
+    assert {tensor.device for tensor in data} == {device}
+    # The sanity check's validation minibatch, 13 training ones (400 images by 32), one validation, one test.
+    assert len(inputs) == 1 + 13 + 1 + 1 and {x.device for x in inputs} == {device}

@@ -1,4 +1,4 @@
-"""trainer=ddp on a CPU: two processes (gloo) of one run, in one folder, with one set of metrics."""
+"""trainer=ddp: two processes (gloo on a CPU, NCCL on two GPUs) of one run, in one folder, with one set of metrics."""
 
 import csv
 import json
@@ -15,11 +15,14 @@ from hgmldl.module import Classifier
 from tests.conftest import ROOT
 
 
+@pytest.mark.cuda  # two GPUs under --accelerator=gpu
 @pytest.mark.parametrize(("steps_per_execution", "shuffle"), [(1, "every_epoch"), (3, "keras")])
-def test_two_process_cpu_ddp_fit_logs_one_set_of_metrics(tmp_path, idx_dir, steps_per_execution, shuffle):
+def test_two_process_ddp_fit_logs_one_set_of_metrics(tmp_path, idx_dir, accelerator, steps_per_execution, shuffle):
+    if accelerator == "gpu" and torch.cuda.device_count() < 2:
+        pytest.skip("two processes need two GPUs; this machine has one (scripts/gpu_check.py runs DDP on it)")
     run_dir, ranks = tmp_path / "run", tmp_path / "ranks"
     ranks.mkdir()
-    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+    ddp = ["trainer=ddp", f"trainer.accelerator={accelerator}", "trainer.devices=2"]
     data = [
         f"data.idx_dir={idx_dir}",
         f"data.root={tmp_path / 'data'}",
@@ -71,7 +74,7 @@ def test_two_process_cpu_ddp_fit_logs_one_set_of_metrics(tmp_path, idx_dir, step
     metrics = json.loads((run_dir / "metrics.json").read_text())
     module = Classifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+        accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
     )
     datamodule = FashionMNISTDataModule(root=str(tmp_path / "data"), idx_dir=str(idx_dir), download=False)
     [val] = trainer.validate(module, datamodule=datamodule, verbose=False)

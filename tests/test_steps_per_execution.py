@@ -19,6 +19,7 @@ def read_history(path):
         return list(csv.DictReader(file))
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("model", ["dropout_mlp", "cnn"])
 def test_one_and_fifty_steps_per_execution_train_the_same_weights_and_history(make_cfg, tmp_path, model):
     # Dropout draws from the same generator in the same order, so even the masks agree.
