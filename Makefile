@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 ARGS ?=
 
-.PHONY: help install data train test test-all lint format bench reproduce notebooks clean
+.PHONY: help install data train test test-all lint format bench reproduce notebooks gpu-check gpu-bundle clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -46,6 +46,12 @@ bench: install data  ## speed: hgmldl's Trainer against a plain PyTorch loop, si
 
 reproduce: install data  ## every book experiment with 3 seeds → experiments/RESULTS.md (scripts/reproduce.py)
 	$(PY) scripts/reproduce.py $(ARGS)
+
+gpu-check: install data  ## on a CUDA machine: tests, every model, the CNN, DDP, benchmark → experiments/gpu/ (scripts/gpu_check.py)
+	$(PY) scripts/gpu_check.py $(ARGS)
+
+gpu-bundle:  ## for a GPU machine without network: wheels in .whl/, Fashion-MNIST in .gl/ (scripts/gpu_bundle.sh)
+	bash scripts/gpu_bundle.sh
 
 notebooks: install data  ## re-run every notebook in experiments/notebooks/ on the real data, outputs saved in place
 	cd experiments/notebooks && OMP_NUM_THREADS=1 ../../$(VENV)/bin/jupyter-execute --inplace --timeout=-1 *.ipynb

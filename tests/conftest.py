@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
@@ -17,6 +18,27 @@ ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 register_configs(ROOT / "experiments")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--accelerator",
+        default="cpu",
+        choices=("cpu", "gpu"),
+        help="where the tests marked `cuda` train (gpu: a CUDA GPU, as scripts/gpu_check.py runs them); the rest "
+        "always train on the CPU",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("accelerator") == "gpu" and not torch.cuda.is_available():
+        raise pytest.UsageError("--accelerator=gpu needs a CUDA GPU, and torch sees none: leave it out here")
+
+
+@pytest.fixture
+def accelerator(request: pytest.FixtureRequest) -> str:
+    """The device of a test marked `cuda` (cpu, or gpu under --accelerator=gpu); cpu for every other test."""
+    return request.config.getoption("accelerator") if request.node.get_closest_marker("cuda") else "cpu"
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
@@ -48,7 +70,7 @@ def idx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def make_cfg(idx_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+def make_cfg(idx_dir: Path, tmp_path: Path, accelerator: str) -> Callable[..., DictConfig]:
     """compose(overrides) of conf/train.yaml, shrunk to seconds: generated data, no network, tmp output."""
 
     def make(*overrides: str, output_dir: Path | None = None) -> DictConfig:
@@ -63,7 +85,7 @@ def make_cfg(idx_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
                     "data.download=false",
                     "steps_per_execution=4",
                     "trainer.max_epochs=2",
-                    "trainer.accelerator=cpu",
+                    f"trainer.accelerator={accelerator}",
                     "trainer.devices=1",
                     "trainer.enable_progress_bar=false",
                     "logger=csv",

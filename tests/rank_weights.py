@@ -1,4 +1,5 @@
-"""A callback for tests/test_ddp.py: each DDP process saves the weights it ended with, to compare the ranks."""
+"""Callbacks for tests/test_ddp.py: each DDP process saves the weights it ended with and the training order it
+was given, to compare the ranks."""
 
 from pathlib import Path
 
@@ -12,3 +13,28 @@ class SaveWeights(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         torch.save(pl_module.state_dict(), self.folder / f"weights_rank{trainer.global_rank}.pt")
+
+
+class SaveOrder(L.Callback):
+    """Per epoch: the sample indices the rank's sampler gave, and the labels its training steps received."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = Path(folder)
+        self.indices: list[torch.Tensor] = []
+        self.labels: list[list[torch.Tensor]] = []
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.indices.append(torch.tensor(list(trainer.train_dataloader.sampler)))  # after Lightning's set_epoch
+        self.labels.append([])
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        minibatches = batch if isinstance(batch, list) else [batch]  # a list with steps_per_execution > 1
+        self.labels[-1].extend(labels for _, labels in minibatches)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        order = {
+            "indices": self.indices,
+            "labels": [torch.cat(labels) for labels in self.labels],
+            "train_labels": trainer.datamodule.train_labels,
+        }
+        torch.save(order, self.folder / f"order_rank{trainer.global_rank}.pt")

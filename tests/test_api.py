@@ -190,7 +190,7 @@ def test_tensorboard_hparams_show_the_choices_under_readable_names(small: list[s
         "hidden_units": "100",
         "activation": "relu",
         "dropout": 0.3,
-        "optimizer": "Adam",
+        "optimizer": "KerasAdam",
         "learning_rate": 0.001,
         "batch_size": 32,
         "epochs": 1,

@@ -155,7 +155,9 @@ class UpdateCounter(L.Callback):
         self.updates += 1
 
 
-def fit_one_epoch(make_cfg, *callbacks: L.Callback, precision: str = "32-true") -> tuple[Classifier, L.Trainer]:
+def fit_one_epoch(
+    make_cfg, accelerator: str, *callbacks: L.Callback, precision: str = "32-true"
+) -> tuple[Classifier, L.Trainer]:
     cfg = make_cfg("model=dropout_mlp")
     L.seed_everything(0)
     module = Classifier(
@@ -165,7 +167,7 @@ def fit_one_epoch(make_cfg, *callbacks: L.Callback, precision: str = "32-true") 
     )
     trainer = L.Trainer(
         max_epochs=1,
-        accelerator="cpu",
+        accelerator=accelerator,
         precision=precision,
         callbacks=list(callbacks),
         logger=False,
@@ -177,10 +179,11 @@ def fit_one_epoch(make_cfg, *callbacks: L.Callback, precision: str = "32-true") 
     return module, trainer
 
 
-def test_plain_updates_train_exactly_like_lightnings_optimizer_path(make_cfg):
-    fast, fast_trainer = fit_one_epoch(make_cfg)
+@pytest.mark.cuda
+def test_plain_updates_train_exactly_like_lightnings_optimizer_path(make_cfg, accelerator):
+    fast, fast_trainer = fit_one_epoch(make_cfg, accelerator)
     counter = UpdateCounter()
-    hooked, hooked_trainer = fit_one_epoch(make_cfg, counter)
+    hooked, hooked_trainer = fit_one_epoch(make_cfg, accelerator, counter)
     assert fast._plain_updates and not hooked._plain_updates
     # 400 training images in minibatches of 32: 13 updates, each counted by Lightning on both paths.
     assert fast_trainer.global_step == hooked_trainer.global_step == counter.updates == 13
@@ -188,13 +191,14 @@ def test_plain_updates_train_exactly_like_lightnings_optimizer_path(make_cfg):
         assert torch.equal(fast_weight, hooked_weight), name
 
 
-def test_bf16_mixed_keeps_the_plain_updates(make_cfg):
+@pytest.mark.cuda
+def test_bf16_mixed_keeps_the_plain_updates(make_cfg, accelerator):
     dtypes = []
     hook = torch.nn.modules.module.register_module_forward_hook(
         lambda layer, inputs, output: dtypes.append(output.dtype) if isinstance(layer, torch.nn.Linear) else None
     )
     try:
-        module, trainer = fit_one_epoch(make_cfg, precision="bf16-mixed")
+        module, trainer = fit_one_epoch(make_cfg, accelerator, precision="bf16-mixed")
     finally:
         hook.remove()
     assert module._plain_updates and trainer.global_step == 13
@@ -213,6 +217,7 @@ def test_cnn_runs_channels_last_with_keras_initial_weights():
 
 
 @pytest.mark.slow
+@pytest.mark.cuda
 def test_compile_trains_like_eager(make_cfg, tmp_path):
     options = ("model=softmax", "trainer.max_epochs=1", "callbacks=default")
     eager = run(make_cfg(*options, output_dir=tmp_path / "eager")).metrics

@@ -30,8 +30,9 @@ def test_cpu_without_bf16_stops_before_training(make_cfg, monkeypatch, tmp_path)
     assert not (tmp_path / "data").exists()  # stopped before the data was read
 
 
+@pytest.mark.cuda  # trainer=cpu_bf16 on a CPU that computes bf16; trainer=gpu_bf16 under --accelerator=gpu
 @pytest.mark.parametrize("steps_per_execution", [1, 4])  # Lightning's automatic optimization, and ours
-def test_cpu_with_bf16_trains_the_network_in_bf16(make_cfg, monkeypatch, steps_per_execution):
+def test_bf16_trains_the_network_in_bf16(make_cfg, monkeypatch, accelerator, steps_per_execution):
     pretend_cpu(monkeypatch, avx2=True, avx512_bf16=True)
     logits_dtypes = []
 
@@ -43,7 +44,7 @@ def test_cpu_with_bf16_trains_the_network_in_bf16(make_cfg, monkeypatch, steps_p
     try:
         metrics = run(
             make_cfg(
-                "trainer=cpu_bf16",
+                f"trainer={accelerator}_bf16",
                 "model=cnn",
                 f"steps_per_execution={steps_per_execution}",
                 "trainer.max_epochs=1",

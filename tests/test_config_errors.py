@@ -33,6 +33,7 @@ NO_DATA = ("data=mnist", "data.idx_dir=/nonexistent")
             "model.hidden_units must be an integer >= 1, or a list of them (one per hidden layer), got [100, 0, 100]",
         ),
         (["data.batch_size=0"], "data.batch_size must be an integer >= 1, got 0"),
+        (["data.shuffle=batch"], "data.shuffle must be one of keras, every_epoch, got 'batch'"),
         (["trainer.max_epochs=0"], "trainer.max_epochs must be an integer >= 1, got 0"),
         (["trainer.max_epochs=-1"], "trainer.max_epochs must be an integer >= 1, got -1"),
         (["callbacks.early_stopping.patience=-1"], "callbacks.early_stopping.patience must be an integer >= 0, got -1"),

@@ -68,6 +68,7 @@ def test_optimizers_have_keras_defaults(make_cfg, optimizer, expected):
 def test_keras_defaults_of_data_and_callbacks(make_cfg):
     cfg = make_cfg()
     assert cfg.data.batch_size == 32 and cfg.seed == 42 and cfg.init.name == "keras"
+    assert cfg.data.shuffle == "keras"  # one permutation from the seed, every epoch: the book's seeded fit
     assert cfg.callbacks.early_stopping.patience == 2 and cfg.callbacks.early_stopping.restore_best_weights
     assert cfg.callbacks.model_checkpoint.monitor == "val_loss" and cfg.callbacks.model_checkpoint.save_top_k == 1
 

@@ -1,14 +1,19 @@
-"""The book's split, the IDX file search order, and tensor batches."""
+"""The book's split, the IDX file search order, and tensor batches in the order data.shuffle names."""
 
 import gzip
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from sklearn.model_selection import train_test_split
+from torch.utils.data import DistributedSampler
 
-from hgmldl.data import FashionMNISTDataModule, MNISTDataModule, TensorBatches, book_split
+from hgmldl.data import SHUFFLES, FashionMNISTDataModule, KerasSeededSampler, MNISTDataModule, TensorBatches, book_split
 from hgmldl.errors import UserError
+from hgmldl.module import Classifier
 from tests.conftest import make_idx_dataset
 
 
@@ -92,32 +97,91 @@ def test_wrong_magic_names_the_file(tmp_path):
         data.prepare_data()
 
 
-def test_batches_cover_the_data_and_reshuffle_each_epoch():
+def permutation(seed: int, num_samples: int) -> torch.Tensor:
+    """torch.randperm from a CPU generator seeded with `seed`: what torch's DistributedSampler draws for
+    seed + epoch, written here independently of it."""
+    return torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+
+
+def fed_order(batches: TensorBatches, epoch: int) -> torch.Tensor:
+    """The labels (here equal to the sample indices) of one epoch's minibatches, after Lightning's set_epoch."""
+    batches.sampler.set_epoch(epoch)
+    steps = list(batches)
+    minibatches = [minibatch for step in steps for minibatch in step] if batches.steps_per_execution > 1 else steps
+    return torch.cat([labels for _, labels in minibatches])
+
+
+@pytest.mark.parametrize(("shuffle", "epoch_seeds"), [("keras", [7, 7, 7]), ("every_epoch", [7, 8, 9])])
+def test_training_order_is_the_permutation_drawn_from_the_seed(shuffle, epoch_seeds):
     images, labels = torch.arange(100.0).reshape(100, 1, 1, 1), torch.arange(100)
-    batches = TensorBatches(images, labels, batch_size=32, steps_per_execution=2, shuffle=True, seed=7)
+    batches = TensorBatches(images, labels, batch_size=32, steps_per_execution=2, shuffle=shuffle, seed=7)
     assert len(batches) == 2
     steps = list(batches)
     assert [len(step) for step in steps] == [2, 2] and [len(y) for _, y in steps[1]] == [32, 4]
-    first = torch.cat([y for step in steps for _, y in step])
-    assert sorted(first.tolist()) == list(range(100))
-    assert torch.equal(first, torch.cat([y for step in batches for _, y in step]))  # same epoch, same order
-    batches.sampler.set_epoch(1)
-    second = torch.cat([y for step in batches for _, y in step])
-    assert not torch.equal(first, second) and sorted(second.tolist()) == list(range(100))
+    orders = [fed_order(batches, epoch) for epoch in range(3)]
+    for order, seed in zip(orders, epoch_seeds, strict=True):
+        assert torch.equal(order, permutation(seed, 100))
+    # Keras' seeded fit repeats epoch 0's order; every_epoch draws a new one each epoch.
+    assert torch.equal(orders[0], orders[1]) == (shuffle == "keras")
+    assert torch.equal(fed_order(batches, 0), orders[0])  # an epoch run again (a resumed run) gets the same order
+    other_seed = TensorBatches(images, labels, batch_size=32, shuffle=shuffle, seed=8)
+    assert not torch.equal(fed_order(other_seed, 0), orders[0])
     for _, y in steps[0]:
         torch.testing.assert_close(images[y].flatten(), y.float())  # images travel with their labels
 
 
-def test_ddp_ranks_get_disjoint_shards():
+@pytest.mark.parametrize("shuffle", SHUFFLES)
+def test_ddp_ranks_get_disjoint_shares_of_one_permutation(shuffle):
     images, labels = torch.zeros(10, 1, 1, 1), torch.arange(10)
-    shards = [
-        torch.cat([y for _, y in TensorBatches(images, labels, 4, shuffle=True, rank=r, world_size=2)]) for r in (0, 1)
-    ]
-    assert len(shards[0]) == len(shards[1]) == 5
-    assert sorted(torch.cat(shards).tolist()) == list(range(10))
+    ranks = [TensorBatches(images, labels, 4, shuffle=shuffle, seed=3, rank=r, world_size=2) for r in (0, 1)]
+    for epoch in (0, 1):
+        expected = permutation(3 if shuffle == "keras" else 3 + epoch, 10)
+        shares = [fed_order(batches, epoch) for batches in ranks]
+        assert torch.equal(shares[0], expected[0::2]) and torch.equal(shares[1], expected[1::2])
+        assert sorted(torch.cat(shares).tolist()) == list(range(10))
+
+
+def test_data_module_trains_in_the_order_data_shuffle_names(tmp_path):
+    source = make_idx_dataset(tmp_path / "idx", num_train=100, num_test=10)
+    data = FashionMNISTDataModule(root=str(tmp_path / "root"), idx_dir=str(source), download=False)
+    data.prepare_data()
+    data.setup("fit")
+    assert data.shuffle == "keras"  # the default: the order the book's seeded fit feeds
+    assert type(data.train_dataloader().sampler) is KerasSeededSampler
+    data.shuffle = "every_epoch"
+    assert type(data.train_dataloader().sampler) is DistributedSampler
+    val = data.val_dataloader()
+    assert torch.equal(torch.cat([y for _, y in val]), data.val_labels)  # evaluation keeps the order
 
 
 def test_evaluation_batches_keep_the_order():
     labels = torch.arange(10)
     batches = TensorBatches(torch.zeros(10, 1, 1, 1), labels, batch_size=4)
     assert [y.tolist() for _, y in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+@pytest.mark.cuda
+def test_the_dataset_and_every_batch_live_on_the_trainers_device(make_cfg, accelerator):
+    # On a GPU the images are read into device memory once and batches are gathered there: no copy from the host
+    # per step, and Lightning's transfer_batch_to_device is a no-op.
+    cfg = make_cfg("model=cnn", "trainer.max_epochs=1", "callbacks=default")
+    module = Classifier(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer))
+    datamodule = instantiate(cfg.data)
+    inputs = []
+    hook = torch.nn.modules.module.register_module_forward_hook(
+        lambda layer, args, output: inputs.append(args[0]) if layer is module.net else None
+    )
+    trainer = L.Trainer(
+        accelerator=accelerator, devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    try:
+        trainer.fit(module, datamodule=datamodule)
+        trainer.test(module, datamodule=datamodule, verbose=False)
+    finally:
+        hook.remove()
+    device = torch.device("cuda", 0) if accelerator == "gpu" else torch.device("cpu")
+    data = (datamodule.train_images, datamodule.val_images, datamodule.test_images)
+    assert {tensor.device for tensor in data} == {device}
+    # The sanity check's validation minibatch, 13 training ones (400 images by 32), one validation, one test.
+    assert len(inputs) == 1 + 13 + 1 + 1 and {x.device for x in inputs} == {device}

@@ -1,4 +1,4 @@
-"""trainer=ddp on a CPU: two processes (gloo) of one run, in one folder, with one set of metrics."""
+"""trainer=ddp: two processes (gloo on a CPU, NCCL on two GPUs) of one run, in one folder, with one set of metrics."""
 
 import csv
 import json
@@ -15,18 +15,24 @@ from hgmldl.module import Classifier
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("steps_per_execution", [1, 3])
-def test_two_process_cpu_ddp_fit_logs_one_set_of_metrics(tmp_path, idx_dir, steps_per_execution):
-    run_dir = tmp_path / "run"
-    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+@pytest.mark.cuda  # two GPUs under --accelerator=gpu
+@pytest.mark.parametrize(("steps_per_execution", "shuffle"), [(1, "every_epoch"), (3, "keras")])
+def test_two_process_ddp_fit_logs_one_set_of_metrics(tmp_path, idx_dir, accelerator, steps_per_execution, shuffle):
+    if accelerator == "gpu" and torch.cuda.device_count() < 2:
+        pytest.skip("two processes need two GPUs; this machine has one (scripts/gpu_check.py runs DDP on it)")
+    run_dir, ranks = tmp_path / "run", tmp_path / "ranks"
+    ranks.mkdir()
+    ddp = ["trainer=ddp", f"trainer.accelerator={accelerator}", "trainer.devices=2"]
     data = [
         f"data.idx_dir={idx_dir}",
         f"data.root={tmp_path / 'data'}",
         "data.download=false",
         f"steps_per_execution={steps_per_execution}",
+        f"data.shuffle={shuffle}",
     ]
     options = ["model=dropout_mlp", "callbacks=default", "logger=csv", "trainer.max_epochs=2"]
-    weights = ["++callbacks.weights._target_=tests.rank_weights.SaveWeights", f"++callbacks.weights.folder={tmp_path}"]
+    weights = ["++callbacks.weights._target_=tests.rank_weights.SaveWeights", f"++callbacks.weights.folder={ranks}"]
+    weights += ["++callbacks.order._target_=tests.rank_weights.SaveOrder", f"++callbacks.order.folder={ranks}"]
     result = subprocess.run(
         [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *ddp, *data, *options, *weights],
         cwd=ROOT,
@@ -36,14 +42,14 @@ def test_two_process_cpu_ddp_fit_logs_one_set_of_metrics(tmp_path, idx_dir, step
     )
     assert result.returncode == 0, result.stderr
     # The gradients were averaged over both processes at every update: both end with the same weights.
-    rank0, rank1 = (torch.load(tmp_path / f"weights_rank{rank}.pt") for rank in (0, 1))
+    rank0, rank1 = (torch.load(ranks / f"weights_rank{rank}.pt") for rank in (0, 1))
     for name, tensor in rank0.items():
         torch.testing.assert_close(rank1[name], tensor, rtol=0, atol=0, msg=name)
     # Each epoch line and the result line are printed once, by rank 0.
     printed = result.stdout + result.stderr
     assert printed.count("Epoch 1/2 ") == printed.count("Epoch 2/2 ") == printed.count("test_accuracy ") == 1
     # Lightning re-ran train.py for rank 1 with hydra.run.dir=<the same folder>: one folder, one .hydra.
-    assert sorted(path.name for path in tmp_path.glob("[!w]*")) == ["data", "run"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "ranks", "run"]
     assert sorted(path.name for path in run_dir.glob("*.log")) == ["train.log", "train_ddp_process_1.log"]
     assert not (run_dir / ".hydra" / "multirun.yaml").exists() and len(list(run_dir.rglob("config.yaml"))) == 1
     # Rank 0 alone wrote history.csv and the logger's metrics.csv: one row per epoch.
@@ -54,12 +60,21 @@ def test_two_process_cpu_ddp_fit_logs_one_set_of_metrics(tmp_path, idx_dir, step
     # Each process trained on its own half: 200 of the 400 training images, 7 updates of 32 per epoch.
     last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     assert last["global_step"] == 2 * math.ceil(400 / 2 / 32)
+    # Both halves are rank::2 of one permutation of the 400, drawn with torch's generator from the seed (42) —
+    # epoch 0's in every epoch for keras, (seed + epoch)'s for every_epoch — and each step got its half's samples.
+    orders = [torch.load(ranks / f"order_rank{rank}.pt") for rank in (0, 1)]
+    for epoch in (0, 1):
+        seed = 42 if shuffle == "keras" else 42 + epoch
+        permutation = torch.randperm(400, generator=torch.Generator().manual_seed(seed))
+        for rank, order in enumerate(orders):
+            assert torch.equal(order["indices"][epoch], permutation[rank::2])
+            assert torch.equal(order["labels"][epoch], order["train_labels"][permutation[rank::2]])
     # val_loss and val_accuracy were reduced over both halves of the validation set: one process evaluating the
     # same weights on all of it finds the same numbers.
     metrics = json.loads((run_dir / "metrics.json").read_text())
     module = Classifier.load_from_checkpoint(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
     trainer = L.Trainer(
-        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+        accelerator=accelerator, devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
     )
     datamodule = FashionMNISTDataModule(root=str(tmp_path / "data"), idx_dir=str(idx_dir), download=False)
     [val] = trainer.validate(module, datamodule=datamodule, verbose=False)

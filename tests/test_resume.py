@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from hgmldl.commands.train import run
+from hgmldl.data import SHUFFLES
 from hgmldl.errors import UserError
 from hgmldl.resume import resume_overrides
 from tests.conftest import ROOT
@@ -21,9 +22,11 @@ def read_rows(path):
         return [{k: float(v) for k, v in row.items() if k != "time"} for row in csv.DictReader(file)]
 
 
-def test_resumed_run_equals_uninterrupted_run(make_cfg, tmp_path):
+@pytest.mark.parametrize("shuffle", SHUFFLES)
+def test_resumed_run_equals_uninterrupted_run(make_cfg, tmp_path, shuffle):
     # dropout_mlp: the resumed epochs need the checkpoint's random generator state to draw the same masks.
     common = ("model=dropout_mlp", "callbacks=early_stopping", "callbacks.early_stopping.patience=5")
+    common = (*common, f"data.shuffle={shuffle}")  # every_epoch: the resumed epochs draw (seed, epoch)'s order
     run(make_cfg(*common, "trainer.max_epochs=2", output_dir=tmp_path / "interrupted"))
     resumed = run(
         make_cfg(

@@ -19,6 +19,7 @@ def read_history(path):
         return list(csv.DictReader(file))
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("model", ["dropout_mlp", "cnn"])
 def test_one_and_fifty_steps_per_execution_train_the_same_weights_and_history(make_cfg, tmp_path, model):
     # Dropout draws from the same generator in the same order, so even the masks agree.
@@ -40,13 +41,17 @@ def test_one_and_fifty_steps_per_execution_train_the_same_weights_and_history(ma
     assert metrics_50["test_accuracy"] == pytest.approx(metrics_1["test_accuracy"], abs=1e-6)
 
 
-def test_data_module_groups_the_minibatches_it_is_told_to():
-    images, labels = torch.rand(100, 1, 28, 28), torch.arange(100) % 10
-    steps = list(TensorBatches(images, labels, batch_size=8, steps_per_execution=5))
+@pytest.mark.parametrize("shuffle", [None, "keras", "every_epoch"])
+def test_data_module_groups_the_minibatches_it_is_told_to(shuffle):
+    images, labels = torch.rand(100, 1, 28, 28), torch.arange(100)
+    steps = list(TensorBatches(images, labels, batch_size=8, steps_per_execution=5, shuffle=shuffle))
     assert [len(step) for step in steps] == [5, 5, 3]  # 13 minibatches of at most 8
     assert [len(labels) for step in steps for _, labels in step] == [8] * 12 + [4]
-    limited = TensorBatches(images, labels, batch_size=8, steps_per_execution=5, limit=7)
+    limited = TensorBatches(images, labels, batch_size=8, steps_per_execution=5, limit=7, shuffle=shuffle)
     assert len(limited) == 2 and [len(step) for step in limited] == [5, 2]
+    # limit_train_batches=7 counts minibatches: the first 7 of the epoch's order, in 2 steps of 5 and 2
+    first_seven = [labels for step in steps for _, labels in step][:7]
+    assert all(map(torch.equal, [labels for step in limited for _, labels in step], first_seven))
 
 
 def test_plain_update_counts_as_lightnings_own_step_does():

@@ -23,6 +23,7 @@ def read_history(path):
 MODELS = ["softmax", "mlp", "deep_mlp", "dropout_mlp", "cnn", "dense512"]
 
 
+@pytest.mark.cuda
 @pytest.mark.parametrize("model", MODELS)
 def test_short_fit_of_every_model_writes_history_and_metrics(make_cfg, tmp_path, model):
     cfg = make_cfg(f"model={model}", "trainer.limit_train_batches=2", "callbacks=default")
@@ -42,7 +43,8 @@ def test_training_learns_the_generated_task(make_cfg):
     assert metrics["val_accuracy"] > 0.9
 
 
-def test_restore_best_weights_leaves_the_best_checkpoints_weights(make_cfg, tmp_path):
+@pytest.mark.cuda
+def test_restore_best_weights_leaves_the_best_checkpoints_weights(make_cfg, tmp_path, accelerator):
     # A learning rate this high makes val_loss bounce, so the best epoch is rarely the last one.
     cfg = make_cfg("model=mlp", "optimizer=sgd", "optimizer.lr=2.0", "trainer.max_epochs=6")
     metrics, module, trainer = run(cfg)
@@ -53,20 +55,21 @@ def test_restore_best_weights_leaves_the_best_checkpoints_weights(make_cfg, tmp_
     # The weights run() evaluated are those of best.ckpt, rebuilt from the file alone.
     best = Classifier.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)
     for name, tensor in best.state_dict().items():  # run() returns that module, and the Trainer that fitted it
-        torch.testing.assert_close(module.state_dict()[name], tensor, rtol=0, atol=0, msg=name)
+        torch.testing.assert_close(module.state_dict()[name].cpu(), tensor, rtol=0, atol=0, msg=name)
     assert trainer.current_epoch == metrics["epochs"]
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(accelerator=accelerator, logger=False, enable_progress_bar=False, enable_model_summary=False)
     [val] = trainer.validate(best, datamodule=instantiate(cfg.data), verbose=False)
     assert val["val_loss"] == pytest.approx(metrics["val_loss"], rel=1e-6)
 
 
-def test_checkpoint_alone_rebuilds_the_trained_model(make_cfg, tmp_path):
+@pytest.mark.cuda
+def test_checkpoint_alone_rebuilds_the_trained_model(make_cfg, tmp_path, accelerator):
     # Keras' load_model: last.ckpt alone rebuilds the book's CNN with the weights run() evaluated at the end.
     cfg = make_cfg("model=cnn", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "callbacks=default")
     metrics = run(cfg).metrics
     loaded = Classifier.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
     assert sum(p.numel() for p in loaded.parameters()) == 333_526  # the book's summary()
-    trainer = L.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(accelerator=accelerator, logger=False, enable_progress_bar=False, enable_model_summary=False)
     [test] = trainer.test(loaded, datamodule=instantiate(cfg.data), verbose=False)
     assert test["test_loss"] == pytest.approx(metrics["test_loss"], rel=1e-6)
     assert test["test_accuracy"] == pytest.approx(metrics["test_accuracy"], abs=1e-6)

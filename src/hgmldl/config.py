@@ -12,7 +12,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
-from hgmldl.data import FashionMNISTDataModule
+from hgmldl.data import SHUFFLES, FashionMNISTDataModule
 from hgmldl.errors import UserError
 from hgmldl.files import check_output_dir
 from hgmldl.hardware import check_cpu_bf16
@@ -102,6 +102,7 @@ ALLOWED_VALUES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("model.hidden_units", _widths, "an integer >= 1, or a list of them (one per hidden layer)"),
     ("data.batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("data.val_fraction", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1) (0: no validation data)"),
+    ("data.shuffle", lambda v: v in SHUFFLES, f"one of {', '.join(SHUFFLES)}"),
     ("data.eval_batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("steps_per_execution", lambda v: _integer(v) and v >= 1, "an integer >= 1 (1: one optimizer update a step)"),
     ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),

@@ -112,9 +112,11 @@ class FashionMNISTDataModule(L.LightningDataModule):
         seed: int = 42,
         download: bool = True,
         val_fraction: float = VAL_FRACTION,
+        shuffle: str = "keras",
     ) -> None:
         super().__init__()
         self.val_fraction = val_fraction
+        self.shuffle = shuffle
         self.root = Path(root)
         self.idx_dir = Path(idx_dir) if idx_dir else None
         self.batch_size = batch_size
@@ -220,7 +222,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             steps_per_execution=trainer.lightning_module.steps_per_execution if trainer and train else 1,
             # An integer limit_*_batches counts minibatches, as a user reads it, also when a step holds several.
             limit=limit if isinstance(limit, int) else None,
-            shuffle=train,
+            shuffle=self.shuffle if train else None,
             seed=self.seed,
             rank=trainer.global_rank if trainer else 0,
             world_size=trainer.world_size if trainer else 1,
@@ -256,13 +258,30 @@ class MNISTDataModule(FashionMNISTDataModule):
     install_hint = "connect to the internet (torchvision then downloads MNIST; data.download=true)"
 
 
-class TensorBatches:
-    """Minibatches sliced from tensors in memory, reshuffled every epoch.
+class KerasSeededSampler(DistributedSampler):
+    """The order Keras 3's seeded `fit` feeds: one permutation drawn from the seed, the same in every epoch.
 
-    `sampler` is torch's DistributedSampler: it draws each epoch's permutation from (seed, epoch) — Lightning
-    calls its `set_epoch`, so a resumed run sees the same order as an uninterrupted one — and gives each DDP
-    rank its own shard. With `steps_per_execution` N > 1 each item is a list of N minibatches (Keras'
-    steps_per_execution): the module makes one optimizer update per minibatch. `limit` caps the minibatches.
+    Under `keras.utils.set_random_seed`, `fit(x, y, shuffle=True)` opens a new iterator each epoch and shuffles it
+    with the same fixed seed (tensorflow#29558). Each DDP rank takes its own share of that one permutation.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        """Lightning calls this at each epoch's start; the order stays epoch 0's."""
+
+
+# data.shuffle: the order of the training samples (docs/training.md). Both draw with torch's generator seeded by
+# data.seed (plus the epoch, for every_epoch), so the permutation is not TensorFlow's own.
+SHUFFLES = {"keras": KerasSeededSampler, "every_epoch": DistributedSampler}
+
+
+class TensorBatches:
+    """Minibatches sliced from tensors in memory, in the order `shuffle` names (None: the tensors' own order).
+
+    `sampler` is a torch DistributedSampler: it gives each DDP rank its own share of a permutation drawn from
+    (seed, epoch) — Lightning calls its `set_epoch`, so a resumed run sees the same order as an uninterrupted
+    one — or, for `shuffle="keras"`, of epoch 0's permutation every epoch. With `steps_per_execution` N > 1 each
+    item is a list of N minibatches (Keras' steps_per_execution): the module makes one optimizer update per
+    minibatch. `limit` caps the minibatches.
     """
 
     batch_sampler = None  # Lightning inspects `sampler` and `batch_sampler` as on a DataLoader
@@ -274,7 +293,7 @@ class TensorBatches:
         batch_size: int,
         steps_per_execution: int = 1,
         limit: int | None = None,
-        shuffle: bool = False,
+        shuffle: str | None = None,
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
@@ -282,8 +301,9 @@ class TensorBatches:
         self.images, self.labels = images, labels
         self.batch_size = batch_size
         self.steps_per_execution = steps_per_execution
-        self.sampler = DistributedSampler(
-            range(len(labels)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed
+        sampler = DistributedSampler if shuffle is None else SHUFFLES[shuffle]
+        self.sampler = sampler(
+            range(len(labels)), num_replicas=world_size, rank=rank, shuffle=shuffle is not None, seed=seed
         )
         self.num_minibatches = math.ceil(self.sampler.num_samples / batch_size)
         if limit is not None:
