@@ -2,10 +2,10 @@
 (scripts/record_keras_golden.py, tests/golden/keras_*.npz), replayed through the project's configs and Trainer.fit.
 
 Each case starts from Keras' initial weights, feeds the minibatches Keras' seeded fit fed, in its order, applies
-Keras' dropout masks, and requires every step's loss and the weights after the last step to agree with Keras' to
-float32 rounding: RTOL relative (ATOL absolute, for weights that stay near zero). An update rule, the loss, the
-order or the model that differs from Keras' fails here; the initialisation, whose random stream differs, is checked
-against Keras' glorot-uniform statistically (test_keras_init_draws_what_keras_draws).
+Keras' dropout masks, and requires every step's loss to agree with Keras' within RTOL relative and each weight after
+the last step within RTOL of its tensor's largest weight. An update rule, the loss, the split, the model or the
+grouping of minibatches that differs from Keras' fails here; the initialisation, whose random stream differs, is
+checked against Keras' glorot-uniform statistically (test_keras_init_draws_what_keras_draws).
 """
 
 import copy
@@ -34,9 +34,9 @@ pytestmark = pytest.mark.realdata
 GOLDEN = ROOT / "tests" / "golden"
 MODELS = ("softmax", "mlp", "dropout_mlp", "cnn")
 OPTIMIZERS = ("sgd", "nesterov", "adagrad", "rmsprop", "adam")
-# float32 carries 6e-8 relative; matmul and convolution sum in another order than TensorFlow's, and the steps add
-# those differences up. Measured after 300 steps (100 for the CNN): docs/keras_parity.md.
-RTOL, ATOL = 1e-5, 1e-7
+# float32 rounds at 6e-8; torch's matrix products and convolutions sum in another order than TensorFlow's. Measured:
+# at most 1.5e-6 over these trajectories, torch's RMSprop and Adam 1e-3 and more (docs/keras_parity.md).
+RTOL = 1e-5
 
 needs_data = pytest.mark.skipif(
     not FASHION_MNIST_DIR.is_dir() and not os.environ.get("CI"),
@@ -168,6 +168,7 @@ def keras_arrays(record: dict[str, np.ndarray], prefix: str) -> dict[str, list[n
 
 
 @needs_data
+@pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")  # training only
 @pytest.mark.parametrize("optimizer", OPTIMIZERS)
 @pytest.mark.parametrize("model", MODELS)
 def test_steps_equal_keras_fit(model, optimizer, fashion_mnist):
