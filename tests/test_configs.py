@@ -53,7 +53,7 @@ def test_every_option_of_every_group_composes_and_instantiates(make_cfg, group, 
     [
         ("sgd", {"lr": 0.01, "momentum": 0.0, "nesterov": False}),
         ("nesterov", {"lr": 0.01, "momentum": 0.9, "nesterov": True}),
-        ("rmsprop", {"lr": 0.001, "alpha": 0.9, "eps": 1e-7}),
+        ("rmsprop", {"lr": 0.001, "rho": 0.9, "eps": 1e-7}),
         ("adam", {"lr": 0.001, "betas": (0.9, 0.999), "eps": 1e-7}),
         ("adagrad", {"lr": 0.001, "initial_accumulator_value": 0.1, "eps": 1e-7}),
     ],
