@@ -1,5 +1,5 @@
-"""Hydra callbacks, run before and after Hydra's own work: the run folder's check, and a sweep's own folder and
-summary."""
+"""Hydra callbacks, run before Hydra's own work: the run folder's check, and a sweep's own folder. (The summary at a
+sweep's end is the summarize command's: `hgmldl.commands.summarize.SweepSummary`.)"""
 
 from pathlib import Path
 from typing import Any
@@ -7,7 +7,6 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from hgmldl.commands.summarize import summarize
 from hgmldl.errors import UserError, one_line_errors
 from hgmldl.files import check_output_dir
 
@@ -49,10 +48,3 @@ class NewSweepDir(Callback):
             raise UserError(
                 f"{sweep_dir} already holds a sweep; give another hydra.sweep.dir= or delete that folder"
             ) from None
-
-
-class SweepSummary(Callback):
-    """Writes summary.csv, summary.md and curves.png into the sweep folder when the sweep ends (hgmldl.commands.summarize)."""
-
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
-        summarize(config.hydra.sweep.dir)

@@ -1,7 +1,7 @@
 """What a sweep is run for: one table comparing its jobs, and one plot of their learning curves.
 
 `python train.py -m optimizer=sgd,adam` writes `summary.csv`, `summary.md` and `curves.png` into the sweep folder
-when the sweep ends (the Hydra callback `hgmldl.hydra_callbacks.SweepSummary`, in conf/hydra/default.yaml);
+when the sweep ends (the Hydra callback `SweepSummary` below, in conf/hydra/default.yaml);
 `python summarize.py sweep_dir=<sweep dir>` does the same for a folder that exists already, e.g. a sweep that a failed
 job stopped (Hydra 1.3 ends a sweep with a failed job's error, and then calls no `on_multirun_end`).
 """
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from hgmldl.config import override_key
@@ -144,3 +145,10 @@ def format_cell(column: str, mean: float | None, std: float | None) -> str:
         return ""
     decimals = DECIMALS.get(column, 0 if std is None else 1)
     return f"{mean:.{decimals}f}" + ("" if std is None else f" ± {std:.{decimals}f}")
+
+
+class SweepSummary(Callback):
+    """This command, run by Hydra when a sweep ends: summary.csv, summary.md and curves.png in the sweep folder."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        summarize(config.hydra.sweep.dir)
