@@ -3,6 +3,8 @@
 import csv
 import json
 import math
+import os
+import socket
 import subprocess
 import sys
 
@@ -14,33 +16,60 @@ from hgmldl.data import FashionMNISTDataModule
 from hgmldl.module import Classifier
 from tests.conftest import ROOT
 
+STEPS_PER_EXECUTION = [1, 3]
 
-@pytest.mark.parametrize("steps_per_execution", [1, 3])
-def test_two_process_cpu_ddp_fit_logs_one_set_of_metrics(tmp_path, idx_dir, steps_per_execution):
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory, idx_dir):
+    """One two-process run per steps_per_execution, started together (each process pays seconds of imports), each
+    in its own folder and on its own port; {steps_per_execution: (folder, process)}."""
+    started = {}
+    for steps_per_execution in STEPS_PER_EXECUTION:
+        folder = tmp_path_factory.mktemp(f"ddp{steps_per_execution}")
+        ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
+        data = [
+            f"data.idx_dir={idx_dir}",
+            f"data.root={folder / 'data'}",
+            "data.download=false",
+            f"steps_per_execution={steps_per_execution}",
+        ]
+        options = ["model=dropout_mlp", "callbacks=default", "logger=csv", "trainer.max_epochs=2"]
+        weights = [
+            "++callbacks.weights._target_=tests.rank_weights.SaveWeights",
+            f"++callbacks.weights.folder={folder}",
+        ]
+        process = subprocess.Popen(
+            [sys.executable, "train.py", f"hydra.run.dir={folder / 'run'}", *ddp, *data, *options, *weights],
+            cwd=ROOT,
+            env=os.environ | {"MASTER_PORT": str(free_port())},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started[steps_per_execution] = folder, process
+    yield started
+    for _, process in started.values():
+        process.kill()
+
+
+@pytest.mark.parametrize("steps_per_execution", STEPS_PER_EXECUTION)
+def test_two_process_cpu_ddp_fit_logs_one_set_of_metrics(ddp_runs, idx_dir, steps_per_execution):
+    tmp_path, process = ddp_runs[steps_per_execution]
     run_dir = tmp_path / "run"
-    ddp = ["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]
-    data = [
-        f"data.idx_dir={idx_dir}",
-        f"data.root={tmp_path / 'data'}",
-        "data.download=false",
-        f"steps_per_execution={steps_per_execution}",
-    ]
-    options = ["model=dropout_mlp", "callbacks=default", "logger=csv", "trainer.max_epochs=2"]
-    weights = ["++callbacks.weights._target_=tests.rank_weights.SaveWeights", f"++callbacks.weights.folder={tmp_path}"]
-    result = subprocess.run(
-        [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *ddp, *data, *options, *weights],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
     # The gradients were averaged over both processes at every update: both end with the same weights.
     rank0, rank1 = (torch.load(tmp_path / f"weights_rank{rank}.pt") for rank in (0, 1))
     for name, tensor in rank0.items():
         torch.testing.assert_close(rank1[name], tensor, rtol=0, atol=0, msg=name)
     # Each epoch line and the result line are printed once, by rank 0.
-    printed = result.stdout + result.stderr
+    printed = stdout + stderr
     assert printed.count("Epoch 1/2 ") == printed.count("Epoch 2/2 ") == printed.count("test_accuracy ") == 1
     # Lightning re-ran train.py for rank 1 with hydra.run.dir=<the same folder>: one folder, one .hydra.
     assert sorted(path.name for path in tmp_path.glob("[!w]*")) == ["data", "run"]
