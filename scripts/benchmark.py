@@ -55,6 +55,9 @@ MODELS = {
 HGMLDL_VARIANTS = {
     "hgmldl_n1": ["steps_per_execution=1"],  # the textbook step: one optimizer update per Lightning step
     "hgmldl_bf16": ["trainer.precision=bf16-mixed"],
+    # scripts/gpu_check.py's: where a GPU update takes microseconds, a larger N and torch.compile are measured too
+    "hgmldl_n500": ["steps_per_execution=500"],  # three executions per epoch of 1,500 updates
+    "hgmldl_compile": ["compile=true"],
 }
 KERAS = "keras"
 

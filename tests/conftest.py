@@ -1,6 +1,12 @@
 """Shared fixtures: small generated IDX datasets and configs composed exactly as train.py composes them."""
 
 import gzip
+import os
+
+# One torch thread per process (this one, and the train.py processes and notebook kernels it starts, which inherit
+# it): the test models are tiny, and on a 2-core machine a second thread per process only contends with the others.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import struct
 from collections.abc import Callable
 from pathlib import Path
@@ -57,8 +63,8 @@ def make_idx_dataset(folder: Path, num_train: int = 500, num_test: int = 100, gz
     for split, count in (("train", num_train), ("t10k", num_test)):
         labels = rng.integers(0, 10, count)
         images = rng.integers(0, 60, (count, 28, 28))
-        for i, label in enumerate(labels):
-            images[i, 2 * label + 4 : 2 * label + 7, 4:24] += 180
+        rows = 2 * labels[:, None] + np.arange(4, 7)  # image i lights rows 2 * label + 4 … + 6
+        images[np.arange(count)[:, None, None], rows[:, :, None], np.arange(4, 24)] += 180
         write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", images, 2051)
         write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", labels, 2049)
     return folder

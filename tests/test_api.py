@@ -2,8 +2,6 @@
 
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +12,6 @@ import hgmldl
 from hgmldl.data import FashionMNISTDataModule
 from hgmldl.errors import UserError
 from hgmldl.models import cnn, mlp
-from tests.conftest import ROOT
 
 
 @pytest.fixture
@@ -144,24 +141,6 @@ def test_load_data_gives_the_books_splits(small: list[str]) -> None:
     images, _ = hgmldl.load_data("val", *small)
     assert images.shape[1:] == (1, 28, 28)
     assert images.min() >= 0 and images.max() <= 1
-
-
-def test_train_py_prints_the_books_output_and_no_third_party_warnings(small: list[str], tmp_path: Path) -> None:
-    """What `make train` shows: the summary of the network's layers, the epoch lines, no Lightning advertisement,
-    no third-party deprecation warning (the filters in hgmldl/__init__.py), and no metric objects in the summary."""
-    run = subprocess.run(
-        [sys.executable, "train.py", *small, "trainer.max_epochs=1", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    console = run.stdout + run.stderr
-    assert run.returncode == 0, console
-    assert "Total params: 79,510" in console
-    assert "Epoch 1/1" in console
-    for noise in ("Warning", "litlogger", "litmodels", "LeafSpec", "epoch_metrics", "MeanMetric", "already configured"):
-        assert noise not in console
 
 
 def test_tensorboard_hparams_show_the_choices_under_readable_names(small: list[str], tmp_path: Path) -> None:

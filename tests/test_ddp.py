@@ -3,6 +3,8 @@
 import csv
 import json
 import math
+import os
+import socket
 import subprocess
 import sys
 
@@ -14,39 +16,66 @@ from hgmldl.data import FashionMNISTDataModule
 from hgmldl.module import Classifier
 from tests.conftest import ROOT
 
+RUNS = [(1, "every_epoch"), (3, "keras")]  # (steps_per_execution, data.shuffle)
 
-@pytest.mark.cuda  # two GPUs under --accelerator=gpu
-@pytest.mark.parametrize(("steps_per_execution", "shuffle"), [(1, "every_epoch"), (3, "keras")])
-def test_two_process_ddp_fit_logs_one_set_of_metrics(tmp_path, idx_dir, accelerator, steps_per_execution, shuffle):
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(tmp_path_factory, idx_dir, request):
+    """One two-process run per (steps_per_execution, shuffle), started together (each process pays seconds of
+    imports), each in its own folder and on its own port; {(steps_per_execution, shuffle): (folder, process)}.
+    On the device the tests' `cuda` marker names (--accelerator), as the `accelerator` fixture gives it."""
+    accelerator = request.config.getoption("accelerator")
     if accelerator == "gpu" and torch.cuda.device_count() < 2:
         pytest.skip("two processes need two GPUs; this machine has one (scripts/gpu_check.py runs DDP on it)")
+    started = {}
+    for steps_per_execution, shuffle in RUNS:
+        folder = tmp_path_factory.mktemp(f"ddp{steps_per_execution}")
+        ranks = folder / "ranks"
+        ranks.mkdir()
+        ddp = ["trainer=ddp", f"trainer.accelerator={accelerator}", "trainer.devices=2"]
+        data = [
+            f"data.idx_dir={idx_dir}",
+            f"data.root={folder / 'data'}",
+            "data.download=false",
+            f"steps_per_execution={steps_per_execution}",
+            f"data.shuffle={shuffle}",
+        ]
+        options = ["model=dropout_mlp", "callbacks=default", "logger=csv", "trainer.max_epochs=2"]
+        weights = ["++callbacks.weights._target_=tests.rank_weights.SaveWeights", f"++callbacks.weights.folder={ranks}"]
+        weights += ["++callbacks.order._target_=tests.rank_weights.SaveOrder", f"++callbacks.order.folder={ranks}"]
+        process = subprocess.Popen(
+            [sys.executable, "train.py", f"hydra.run.dir={folder / 'run'}", *ddp, *data, *options, *weights],
+            cwd=ROOT,
+            env=os.environ | {"MASTER_PORT": str(free_port())},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        started[steps_per_execution, shuffle] = folder, process
+    yield started
+    for _, process in started.values():
+        process.kill()
+
+
+@pytest.mark.cuda  # two GPUs under --accelerator=gpu
+@pytest.mark.parametrize(("steps_per_execution", "shuffle"), RUNS)
+def test_two_process_ddp_fit_logs_one_set_of_metrics(ddp_runs, idx_dir, accelerator, steps_per_execution, shuffle):
+    tmp_path, process = ddp_runs[steps_per_execution, shuffle]
     run_dir, ranks = tmp_path / "run", tmp_path / "ranks"
-    ranks.mkdir()
-    ddp = ["trainer=ddp", f"trainer.accelerator={accelerator}", "trainer.devices=2"]
-    data = [
-        f"data.idx_dir={idx_dir}",
-        f"data.root={tmp_path / 'data'}",
-        "data.download=false",
-        f"steps_per_execution={steps_per_execution}",
-        f"data.shuffle={shuffle}",
-    ]
-    options = ["model=dropout_mlp", "callbacks=default", "logger=csv", "trainer.max_epochs=2"]
-    weights = ["++callbacks.weights._target_=tests.rank_weights.SaveWeights", f"++callbacks.weights.folder={ranks}"]
-    weights += ["++callbacks.order._target_=tests.rank_weights.SaveOrder", f"++callbacks.order.folder={ranks}"]
-    result = subprocess.run(
-        [sys.executable, "train.py", f"hydra.run.dir={run_dir}", *ddp, *data, *options, *weights],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    stdout, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr
     # The gradients were averaged over both processes at every update: both end with the same weights.
     rank0, rank1 = (torch.load(ranks / f"weights_rank{rank}.pt") for rank in (0, 1))
     for name, tensor in rank0.items():
         torch.testing.assert_close(rank1[name], tensor, rtol=0, atol=0, msg=name)
     # Each epoch line and the result line are printed once, by rank 0.
-    printed = result.stdout + result.stderr
+    printed = stdout + stderr
     assert printed.count("Epoch 1/2 ") == printed.count("Epoch 2/2 ") == printed.count("test_accuracy ") == 1
     # Lightning re-ran train.py for rank 1 with hydra.run.dir=<the same folder>: one folder, one .hydra.
     assert sorted(path.name for path in tmp_path.iterdir()) == ["data", "ranks", "run"]

@@ -81,6 +81,71 @@ def app_cfg(idx_dir, tmp_path):
     return make
 
 
+@pytest.fixture(scope="module")
+def started():
+    """The commands the `commands` fixture started, killed at the end of the module if still running."""
+    processes = {}
+    yield processes
+    for process, _ in processes.values():
+        process.kill()
+
+
+@pytest.fixture
+def commands(cnn_run, started, tmp_path_factory, idx_dir):
+    """visualize.py, predict.py, show_data.py and scripts/plot_history.py as a user runs them, started
+    together by the first test that asks (each pays seconds of imports); {script: (process, its folder)}."""
+    if not started:
+        ckpt = cnn_run / "checkpoints" / "best.ckpt"
+        names = ("visualize.py", "predict.py", "show_data.py", "plot_history.py")
+        folders = {name: tmp_path_factory.mktemp(name.removesuffix(".py")) for name in names}
+        (folders["predict.py"] / "notes.txt").write_text("hello\n")
+        for name in ("optimizer=adam", "optimizer=sgd"):
+            (folders["plot_history.py"] / "sweep" / name).mkdir(parents=True)
+            (folders["plot_history.py"] / "sweep" / name / "history.csv").write_text(
+                (cnn_run / "history.csv").read_text()
+            )
+        data = {
+            name: [f"data.root={folder / 'data'}", f"data.idx_dir={idx_dir}", "data.download=false"]
+            for name, folder in folders.items()
+        }
+        arguments = {
+            "visualize.py": ["visualize.py", f"ckpt_path={ckpt}", f"hydra.run.dir={folders['visualize.py'] / 'out'}"]
+            + data["visualize.py"],
+            "predict.py": [
+                "predict.py",
+                f"hydra.run.dir={folders['predict.py'] / 'out'}",
+                f"ckpt_path={ckpt}",
+                f"image={folders['predict.py'] / 'notes.txt'}",
+                f"data.idx_dir={idx_dir}",
+            ],
+            "show_data.py": ["show_data.py", f"hydra.run.dir={folders['show_data.py'] / 'show'}"]
+            + data["show_data.py"],
+            "plot_history.py": [
+                "scripts/plot_history.py",
+                str(folders["plot_history.py"] / "sweep"),
+                "-o",
+                str(folders["plot_history.py"] / "sweep.png"),
+            ],
+        }
+        for name, (script, *overrides) in arguments.items():
+            process = subprocess.Popen(
+                [sys.executable, script, *overrides],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            started[name] = process, folders[name]
+    return started
+
+
+def finished(command, timeout=300):
+    """The stdout and stderr of a command the `commands` fixture started, once it has ended."""
+    process, _ = command
+    stdout, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stdout, stderr
+
+
 def save_checkpoint(module, path):
     """The two entries of a Lightning checkpoint that loading reads, without training."""
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams)}, path)
@@ -182,43 +247,19 @@ def test_bad_images_are_refused_in_one_line(tmp_path):
         assert str(error.value) == message
 
 
-def test_predict_py_prints_one_line_errors(cnn_run, tmp_path, idx_dir):
-    (tmp_path / "notes.txt").write_text("hello\n")
-    result = subprocess.run(
-        [
-            sys.executable,
-            "predict.py",
-            f"hydra.run.dir={tmp_path / 'out'}",
-            f"ckpt_path={cnn_run / 'checkpoints' / 'best.ckpt'}",
-            f"image={tmp_path / 'notes.txt'}",
-            f"data.idx_dir={idx_dir}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: {tmp_path / 'notes.txt'} is not an image Pillow can read (PNG, JPEG, BMP, …)"
-    )
-    assert "Traceback" not in result.stderr
+def test_predict_py_prints_one_line_errors(commands):
+    returncode, _, stderr = finished(commands["predict.py"])
+    notes = commands["predict.py"][1] / "notes.txt"
+    assert returncode == 1
+    assert stderr.strip().splitlines()[-1] == f"error: {notes} is not an image Pillow can read (PNG, JPEG, BMP, …)"
+    assert "Traceback" not in stderr
 
 
-def run_command(script, *overrides):
-    """An entry point as a user runs it; returns its log lines (Hydra logs to the console)."""
-    result = subprocess.run(
-        [sys.executable, script, *map(str, overrides)], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-def test_visualize_py_draws_the_8_3_pictures(cnn_run, tmp_path, idx_dir):
+def test_visualize_py_draws_the_8_3_pictures(cnn_run, commands):
     ckpt = cnn_run / "checkpoints" / "best.ckpt"
-    out = tmp_path / "out"
-    data = [f"data.root={tmp_path / 'data'}", f"data.idx_dir={idx_dir}", "data.download=false"]
-    log = run_command("visualize.py", f"ckpt_path={ckpt}", f"hydra.run.dir={out}", *data)
+    returncode, log, stderr = finished(commands["visualize.py"])
+    assert returncode == 0, stderr[-3000:]
+    out = commands["visualize.py"][1] / "out"
     # The book's 8-3 prints conv_weights.mean(), conv_weights.std() of the numpy array: ddof=0.
     weights = torch.load(ckpt, weights_only=True)["state_dict"]["net.0.weight"].numpy()
     assert f"conv1 kernels (32, 1, 3, 3): mean {weights.mean():.6f} std {weights.std():.6f}" in log
@@ -247,10 +288,10 @@ def test_show_data_draws_the_first_images_and_counts_classes(app_cfg, tmp_path, 
     assert png_size(tmp_path / "out" / "samples.png") == (1000, 160)
 
 
-def test_show_data_py_runs_as_a_command(tmp_path, idx_dir):
-    out = tmp_path / "show"
-    data = [f"data.root={tmp_path / 'data'}", f"data.idx_dir={idx_dir}", "data.download=false"]
-    log = run_command("show_data.py", f"hydra.run.dir={out}", *data)
+def test_show_data_py_runs_as_a_command(commands):
+    returncode, log, stderr = finished(commands["show_data.py"])
+    assert returncode == 0, stderr[-3000:]
+    out = commands["show_data.py"][1] / "show"
     assert "train_input (500, 1, 28, 28), first labels [" in log  # the generated training file: 500 images
     assert png_size(out / "samples.png") == (1000, 160)
 
@@ -327,21 +368,13 @@ def test_korean_falls_back_to_english_without_the_font(monkeypatch, caplog):
         figures.class_names("FashionMNIST", "fr")
 
 
-def test_every_run_writes_curves_and_plot_history_overlays_runs(cnn_run, tmp_path):
+def test_every_run_writes_curves_and_plot_history_overlays_runs(cnn_run, commands):
     assert png_size(cnn_run / "curves.png") == (1200, 450)
-    for name in ("optimizer=adam", "optimizer=sgd"):
-        (tmp_path / "sweep" / name).mkdir(parents=True)
-        (tmp_path / "sweep" / name / "history.csv").write_text((cnn_run / "history.csv").read_text())
-    result = subprocess.run(
-        [sys.executable, "scripts/plot_history.py", str(tmp_path / "sweep"), "-o", str(tmp_path / "sweep.png")],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{tmp_path / 'sweep.png'}: 2 runs"
-    assert png_size(tmp_path / "sweep.png") == (1200, 450)
+    returncode, stdout, stderr = finished(commands["plot_history.py"], timeout=120)
+    sweep_png = commands["plot_history.py"][1] / "sweep.png"
+    assert returncode == 0, stderr
+    assert stdout.strip() == f"{sweep_png}: 2 runs"
+    assert png_size(sweep_png) == (1200, 450)
     legend = figures.plot_history({"optimizer=adam": read_history(cnn_run / "history.csv")}).axes[0].get_legend()
     assert [text.get_text() for text in legend.get_texts()] == ["optimizer=adam train", "optimizer=adam val"]
 

@@ -85,10 +85,19 @@ def train_py(run_dir, idx_dir, *overrides):
     return result
 
 
-def test_train_py_runs_end_to_end(tmp_path, idx_dir):
-    result = train_py(tmp_path, idx_dir, "model=softmax")
+def test_train_py_runs_end_to_end_and_prints_the_books_output_and_no_third_party_warnings(tmp_path, idx_dir):
+    """What `make train` does and shows, on the generated data: the default run (7-3's dropout model) writes its
+    files; the console has the summary of the network's layers, the epoch lines and the result, no Lightning
+    advertisement, no third-party deprecation warning (the filters in hgmldl/__init__.py), and no metric objects
+    in the summary."""
+    result = train_py(tmp_path, idx_dir)
+    console = result.stdout + result.stderr
+    assert "Total params: 79,510" in console
+    assert "Epoch 1/1" in console
     last = result.stdout.strip().splitlines()[-1]
-    assert "val_accuracy" in last and "test_accuracy" in last, last
+    assert "val_accuracy" in last and "test_accuracy" in last, last  # the run ends with its numbers
+    for noise in ("Warning", "litlogger", "litmodels", "LeafSpec", "epoch_metrics", "MeanMetric", "already configured"):
+        assert noise not in console
     assert (tmp_path / "metrics.json").exists() and (tmp_path / "checkpoints" / "best.ckpt").exists()
     assert list(tmp_path.glob("events.out.tfevents.*"))
 

@@ -215,26 +215,40 @@ def test_progress_bar_counts_updates_as_keras_does(make_cfg):
     assert trainer.global_step == UPDATES_PER_EPOCH
 
 
-@pytest.mark.parametrize(
-    "command",
-    [
-        ["data.eval_batch_size=0"],
-        ["steps_per_execution=0"],
-        ["trainer.gradient_clip_val=1.0"],
-        ["trainer.strategy=ddp_spawn"],
-    ],
-)
-def test_bad_training_options_end_in_one_error_line(tmp_path, idx_dir, command):
-    data = [f"data.idx_dir={idx_dir}", f"data.root={tmp_path / 'data'}", "data.download=false"]
-    result = subprocess.run(
-        [sys.executable, "train.py", f"hydra.run.dir={tmp_path / 'run'}", *data, *command],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 1
-    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: "), result.stderr
+BAD_OPTIONS = [
+    "data.eval_batch_size=0",
+    "steps_per_execution=0",
+    "trainer.gradient_clip_val=1.0",
+    "trainer.strategy=ddp_spawn",
+]
+
+
+@pytest.fixture(scope="module")
+def bad_option_runs(tmp_path_factory, idx_dir):
+    """`python train.py <option>` for each bad option, started together: each pays seconds of imports."""
+    tmp = tmp_path_factory.mktemp("bad_options")
+    data = [f"data.idx_dir={idx_dir}", f"data.root={tmp / 'data'}", "data.download=false"]
+    started = {
+        option: subprocess.Popen(
+            [sys.executable, "train.py", f"hydra.run.dir={tmp / str(i) / 'run'}", *data, option],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i, option in enumerate(BAD_OPTIONS)
+    }
+    yield started
+    for process in started.values():
+        process.kill()
+
+
+@pytest.mark.parametrize("option", BAD_OPTIONS)
+def test_bad_training_options_end_in_one_error_line(bad_option_runs, option):
+    process = bad_option_runs[option]
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1
+    assert stderr.strip().count("\n") == 0 and stderr.startswith("error: "), stderr
 
 
 @pytest.mark.parametrize(
