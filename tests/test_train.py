@@ -105,14 +105,19 @@ def test_train_py_runs_end_to_end_and_prints_the_books_output_and_no_third_party
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["data.val_fraction=0", "callbacks=default", "model=softmax"],  # no val_accuracy to return to a sweeper
+        # The default callbacks' EarlyStopping and best.ckpt watch val_loss: left out, as Keras' without
+        # validation_data; no val_accuracy to return to a sweeper.
+        ["data.val_fraction=0", "model=softmax"],
         ["experiment=dlp2_ch2_mnist"],  # DLP ch. 2 trains on all 60,000: the same, on MNIST-format files
     ],
 )
 def test_train_py_without_validation_ends_with_the_test_numbers(tmp_path, idx_dir, overrides):
-    last = train_py(tmp_path, idx_dir, *overrides).stdout.strip().splitlines()[-1]
+    result = train_py(tmp_path, idx_dir, *overrides)
+    last = result.stdout.strip().splitlines()[-1]
     assert "test_accuracy" in last and "test_loss" in last and "val_" not in last, last
     assert "val_accuracy" not in json.loads((tmp_path / "metrics.json").read_text())
+    if "model=softmax" in overrides:
+        assert "callbacks.model_checkpoint, callbacks.early_stopping watch val_* and are left out" in result.stdout
 
 
 def test_missing_data_is_one_line_error(tmp_path):

@@ -142,12 +142,14 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     The progress bar is TQDM's, and only in a terminal: Lightning 2.6 defaults to Rich's bar, which fills log
     files and CI logs with unreadable redraws; there the HistoryCSV callback prints one line per epoch instead.
     """
-    # Without validation data (data.val_fraction=0) best.ckpt has nothing to compare: last.ckpt is the checkpoint.
+    # Without validation data (data.val_fraction=0) what watches val_* has nothing to watch: as Keras' callbacks do
+    # when fit() has no validation_data, they are left out with a warning, and last.ckpt is the checkpoint.
     validation = has_validation(cfg)
     left_out = [f"callbacks.{name}" for name, node in cfg.callbacks.items() if watches_validation(node)]
     if not validation and left_out:
-        log.info(
-            "No validation data (data.val_fraction=0): %s left out, last.ckpt is the checkpoint", ", ".join(left_out)
+        log.warning(
+            "No validation data (data.val_fraction=0): %s watch val_* and are left out; last.ckpt is the checkpoint",
+            ", ".join(left_out),
         )
     callbacks = [instantiate(node) for node in cfg.callbacks.values() if validation or not watches_validation(node)]
     progress_bar = cfg.trainer.enable_progress_bar
@@ -173,18 +175,12 @@ def watches_validation(node: Any) -> bool:
 
 
 def check_without_validation(cfg: DictConfig) -> None:
-    """data.val_fraction=0 leaves no validation data: what watches a val_* metric is refused before training."""
-    watching = [  # the best-checkpoint callback is left out instead (build_trainer)
-        f"callbacks.{name}"
-        for name, node in cfg.callbacks.items()
-        if watches_validation(node) and not node._target_.endswith(".ModelCheckpoint")
-    ]
+    """data.val_fraction=0 leaves no validation data: a scheduler that watches a val_* metric is refused before
+    training (the callbacks that watch one are left out, build_trainer)."""
     if cfg.get("scheduler") and watches_validation(cfg.scheduler):
-        watching.append("scheduler")
-    if watching:
         raise UserError(
-            f"data.val_fraction=0 leaves no validation data for {' and '.join(watching)} to watch: use "
-            "callbacks=default and a scheduler without monitor, or a data.val_fraction > 0"
+            f"data.val_fraction=0 leaves no validation data for scheduler.monitor={cfg.scheduler.monitor} to watch: "
+            "use a scheduler without monitor (step, exponential, cosine, none) or a data.val_fraction > 0"
         )
 
 
