@@ -104,3 +104,25 @@ def test_help_lists_only_options_a_user_can_pick():
     with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
         options = GlobalHydra.instance().config_loader().get_group_options("data")
     assert options == ["fashion_mnist", "mnist"]  # what --help lists: the data schema is their base, not a dataset
+
+
+@pytest.mark.parametrize(
+    ("overrides", "model", "optimizer"),
+    [
+        (["model=mlp", "activation=sigmoid", "optimizer=rmsprop"], "partial(mlp, 100, 'sigmoid')", "KerasRMSprop"),
+        (["model=cnn", "optimizer=adam"], "partial(cnn)", "partial(KerasAdam)"),
+        (["model=softmax", "optimizer=adagrad"], "softmax", "partial(KerasAdagrad, lr=0.001)"),
+    ],
+)
+def test_a_classifier_built_from_partials_is_the_one_the_command_line_builds(make_cfg, overrides, model, optimizer):
+    """The notebooks' `Classifier(partial(mlp, 100, "sigmoid"), partial(KerasRMSprop))` saves the hyperparameters
+    train.py's Hydra composition gives, so a checkpoint from either rebuilds the same model."""
+    from functools import partial  # noqa: F401 (used by eval)
+
+    from hgmldl.models import cnn, mlp, softmax  # noqa: F401
+    from hgmldl.optimizers import KerasAdagrad, KerasAdam, KerasRMSprop  # noqa: F401
+
+    cfg = make_cfg(*overrides)
+    built = Classifier(eval(model), eval(optimizer))
+    composed = OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer, resolve=True)
+    assert (built.hparams.model, built.hparams.optimizer) == composed

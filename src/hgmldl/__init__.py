@@ -7,6 +7,7 @@ From Python, as the book's Keras: `history = hgmldl.fit("experiment=ch7_3_callba
 import importlib
 import logging
 import os
+import sys
 import warnings
 from typing import Any
 
@@ -14,13 +15,29 @@ from typing import Any
 # entry point imports hgmldl first). What a run prints is the book's output and the project's own messages; these
 # third-party lines are not:
 # TensorBoard imports TensorFlow where it is installed, whose C++ start-up notes (CPU instructions) print as INFO;
-# Lightning 2.6 advertises its cloud logger and checkpoint store at every Trainer start, notes that our Keras-style
-# summary replaces its own, and calls a pytree API that torch 2.14 deprecated.
+# Lightning 2.6 advertises its cloud logger and checkpoint store at every Trainer start, announces the accelerators
+# a machine lacks and that max_epochs was reached, notes that our Keras-style summary replaces its own, and calls a
+# pytree API that torch 2.14 deprecated. A GPU that is there ("GPU available: True") is still announced.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")  # TensorFlow's warnings and errors still print
-LIGHTNING_NOISE = ("litlogger", "litmodels", "Trainer already configured with model summary callbacks")
+LIGHTNING_NOISE = (
+    "litlogger",
+    "litmodels",
+    "Trainer already configured with model summary callbacks",
+    "GPU available: False",
+    "TPU available: False",
+    "HPU available: False",
+    "`Trainer.fit` stopped: `max_epochs=",
+)
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not any(text in record.getMessage() for text in LIGHTNING_NOISE)
 )
+# hgmldl's own lines (Keras' epoch lines, the restored best epoch, the result) print to stdout as Keras' fit prints,
+# wherever nothing has configured logging (a notebook, a script); where Hydra, pytest or an application has, its
+# handlers show them instead. Lightning sets up its own logger the same way.
+_console = logging.StreamHandler(sys.stdout)
+_console.addFilter(lambda record: not logging.getLogger().handlers)
+logging.getLogger("hgmldl").addHandler(_console)
+logging.getLogger("hgmldl").setLevel(logging.INFO)
 warnings.filterwarnings(
     "ignore",
     message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",

@@ -9,7 +9,6 @@ a notebook shows it as one `error: …` line.
 import contextlib
 import datetime
 import logging
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,27 +145,17 @@ def compose_config(name: str, overrides: Sequence[str], output_dir: str | Path |
 
 @contextlib.contextmanager
 def job_logging(log_file: Path) -> Iterator[None]:
-    """What Hydra's job logging does for the commands: hgmldl's INFO lines (the epoch lines) on the console, also
-    in a notebook, where Python shows only warnings by default, and the run's lines in a log file."""
+    """What Hydra's job logging does for the commands: the run's lines (hgmldl's and Lightning's) in a log file.
+    On the console they print as everywhere (hgmldl/__init__.py)."""
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    package = logging.getLogger("hgmldl")
-    lightning = logging.getLogger("lightning.pytorch")
-    file_handler = logging.FileHandler(log_file, encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
-    # Where logging is configured (pytest, an application), its handlers show the lines already.
-    console = None if logging.getLogger().hasHandlers() else logging.StreamHandler(sys.stdout)
-    level = package.level
-    package.setLevel(logging.INFO)
-    for logger in (package, lightning):
-        logger.addHandler(file_handler)
-    if console:
-        package.addHandler(console)
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
+    loggers = [logging.getLogger("hgmldl"), logging.getLogger("lightning.pytorch")]
+    for logger in loggers:
+        logger.addHandler(handler)
     try:
         yield
     finally:
-        package.setLevel(level)
-        for logger in (package, lightning):
-            logger.removeHandler(file_handler)
-        if console:
-            package.removeHandler(console)
-        file_handler.close()
+        for logger in loggers:
+            logger.removeHandler(handler)
+        handler.close()

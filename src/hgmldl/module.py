@@ -1,6 +1,9 @@
 """One LightningModule for every book model: Keras' compile(loss='sparse_categorical_crossentropy',
 metrics=['accuracy']) followed by fit / evaluate / predict."""
 
+import functools
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import lightning as L
@@ -14,11 +17,31 @@ from torchmetrics.classification import MulticlassAccuracy
 from hgmldl.models import INPUT_SHAPE, NUM_CLASSES, keras_init_
 from hgmldl.steps_per_execution import STAGE_PREFIX, StepsPerExecution
 
+Recipe = dict[str, Any] | Callable[..., Any]
+
+
+def recipe_config(recipe: Recipe) -> dict[str, Any]:
+    """What builds the network or the optimizer, as the config dict Hydra's `instantiate` takes: a dict passes
+    through (what train.py gives), and `partial(mlp, 100, "sigmoid")` becomes
+    `{"_target_": "hgmldl.models.mlp", "hidden_units": 100, "activation": "sigmoid", "dropout": 0.0}`, the dict
+    `model=mlp activation=sigmoid` composes, with every default written out, as Keras' get_config() does."""
+    if isinstance(recipe, dict):
+        return recipe
+    if isinstance(recipe, functools.partial):
+        function, args, kwargs = recipe.func, recipe.args, recipe.keywords
+    else:
+        function, args, kwargs = recipe, (), {}
+    arguments = inspect.signature(function).bind_partial(*args, **kwargs)
+    arguments.apply_defaults()
+    values = {name: list(value) if isinstance(value, tuple) else value for name, value in arguments.arguments.items()}
+    return {"_target_": f"{function.__module__}.{function.__qualname__}", **values}  # tuples as YAML lists
+
 
 class Classifier(StepsPerExecution, L.LightningModule):
-    """Builds its network, optimizer and learning-rate schedule from the plain config dicts it saves as
-    hyperparameters, so a checkpoint alone rebuilds the model: `Classifier.load_from_checkpoint(path)`, or
-    `hgmldl.load(path)` with one-line errors.
+    """Keras' `model.compile(optimizer=…, loss='sparse_categorical_crossentropy', metrics=['accuracy'])` on a
+    network: `Classifier(partial(mlp, 100, "relu"), partial(KerasAdam))`. It takes recipes, not built objects (a
+    `functools.partial`, or the config dicts train.py passes), and saves them as hyperparameters, so a checkpoint
+    alone rebuilds the model: `Classifier.load_from_checkpoint(path)`, or `hgmldl.load(path)` with one-line errors.
 
     `training_step` is Keras' `train_step`: one minibatch, one loss; with `steps_per_execution=1` Lightning's
     automatic optimization does backward() and optimizer.step(). By default (`steps_per_execution=50`, Keras'
@@ -28,14 +51,15 @@ class Classifier(StepsPerExecution, L.LightningModule):
 
     def __init__(
         self,
-        model: dict[str, Any],
-        optimizer: dict[str, Any],
+        model: Recipe,
+        optimizer: Recipe,
         scheduler: dict[str, Any] | None = None,
         steps_per_execution: int = 1,
         init: str = "keras",
         compile: bool = False,
     ) -> None:
         super().__init__()
+        model, optimizer = recipe_config(model), recipe_config(optimizer)
         self.save_hyperparameters()
         self.net: nn.Module = instantiate(model)
         if init == "keras":

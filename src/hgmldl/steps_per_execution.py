@@ -129,8 +129,10 @@ class StepsPerExecution:
         prefix = STAGE_PREFIX[stage]
         for name in (f"{prefix}loss", f"{prefix}accuracy"):
             self.log(name, self.epoch_metrics[name], on_step=False, on_epoch=True, prog_bar=True)
-        # A metric named `step` becomes the loggers' x-axis: epochs, as in the book's History plots.
-        self.log("step", float(self.current_epoch), on_step=False, on_epoch=True)
+        # A metric named `step` becomes the loggers' x-axis: epochs, as in the book's History plots. Only while
+        # fitting: trainer.validate and trainer.test report the scores alone, as Keras' evaluate does.
+        if self.trainer.state.fn == "fit":
+            self.log("step", float(self.current_epoch), on_step=False, on_epoch=True)
 
 
 def plain_updates_are_exact(trainer: L.Trainer, module: L.LightningModule) -> bool:
