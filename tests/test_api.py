@@ -175,3 +175,36 @@ def test_tensorboard_hparams_show_the_choices_under_readable_names(small: list[s
         "epochs": 1,
         "seed": 42,
     }
+
+
+def test_lightnings_own_objects_train_what_fit_trains(small: list[str], idx_dir: Path, tmp_path: Path, caplog) -> None:
+    """The notebooks' long form: the Classifier from partials, the data module and L.Trainer with hgmldl's
+    callbacks, one update per Lightning step, train what `hgmldl.fit` trains (50 updates per step), epoch for epoch,
+    with the epoch lines (in a notebook they print to stdout: tests/test_notebooks.py)."""
+    from functools import partial
+
+    import lightning as L
+
+    from hgmldl.callbacks import EarlyStopping, HistoryCSV
+    from hgmldl.module import Classifier
+    from hgmldl.optimizers import KerasAdam
+
+    L.seed_everything(42, verbose=False)
+    data = FashionMNISTDataModule(root=str(tmp_path / "data"), idx_dir=str(idx_dir), download=False)
+    model = Classifier(partial(mlp, 100, "relu", dropout=0.3), partial(KerasAdam))
+    history_callback = HistoryCSV(str(tmp_path / "long" / "history.csv"))
+    early_stopping = EarlyStopping(monitor="val_loss", patience=2, restore_best_weights=True)
+    trainer = L.Trainer(
+        max_epochs=3,
+        callbacks=[history_callback, early_stopping],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path / "long",
+    )
+    trainer.fit(model, datamodule=data)
+    assert "Epoch 3/3" in caplog.text
+
+    history = hgmldl.fit(*small, "trainer.max_epochs=3", output_dir=tmp_path / "short")  # the defaults: 7-3's model
+    for name, values in history.history.items():
+        assert history_callback.history[name] == pytest.approx(values, abs=1e-5), name

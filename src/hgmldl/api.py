@@ -30,12 +30,11 @@ from hgmldl.commands import train
 from hgmldl.commands import visualize as visualize_command
 from hgmldl.config import check_config, register_configs
 from hgmldl.errors import UserError
-from hgmldl.history import read_history
+from hgmldl.history import keras_history, read_history
 from hgmldl.images import split_images
 from hgmldl.module import Classifier
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/ and experiments/ beside src/
-HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 @dataclass
@@ -73,7 +72,7 @@ def fit(*overrides: str, output_dir: str | Path | None = None) -> History:
         metrics, model, _ = train.run(cfg)
     rows = read_history(run_dir / "history.csv")
     return History(
-        history={name: [row[name] for row in rows] for name in HISTORY_KEYS if name in rows[0]},
+        history=keras_history(rows),
         epoch=[int(row["epoch"]) for row in rows],
         model=model.eval(),
         metrics=metrics,

@@ -23,7 +23,7 @@ from hgmldl.figures import (
     plot_samples,
     save_figure,
 )
-from hgmldl.history import HISTORY_COLUMNS, write_history
+from hgmldl.history import HISTORY_COLUMNS, keras_history, write_history
 from hgmldl.models import NUM_CLASSES
 
 log = logging.getLogger(__name__)
@@ -111,6 +111,11 @@ class HistoryCSV(L.Callback):
             f"{name}: {row[name]:.4g}" if name == "lr" else f"{name}: {row[name]:.4f}" for name in columns[1:-1]
         )
         log.info("Epoch %d/%d - %.1fs - %s", row["epoch"] + 1, trainer.max_epochs, row["time"], scores)
+
+    @property
+    def history(self) -> dict[str, list[float]]:
+        """Keras' `History.history`: `plt.plot(history_callback.history["val_loss"])`."""
+        return keras_history(self.rows)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # The book's 7-3 plots of this run, beside history.csv.

@@ -10,6 +10,12 @@ from typing import Any
 from hgmldl.files import write_text_atomic
 
 HISTORY_COLUMNS = ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "lr", "time"]  # lr: with a scheduler
+KERAS_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")  # what Keras' History.history holds
+
+
+def keras_history(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[float]]:
+    """Keras' `History.history` from history rows: each metric's per-epoch values, `history["val_loss"]`."""
+    return {name: [row[name] for row in rows] for name in KERAS_KEYS if rows and name in rows[0]}
 
 
 def write_history(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
