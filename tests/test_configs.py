@@ -126,3 +126,14 @@ def test_a_classifier_built_from_partials_is_the_one_the_command_line_builds(mak
     built = Classifier(eval(model), eval(optimizer))
     composed = OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer, resolve=True)
     assert (built.hparams.model, built.hparams.optimizer) == composed
+
+
+def test_a_built_network_or_optimizer_is_one_line_saying_to_pass_a_recipe():
+    from hgmldl.errors import UserError
+    from hgmldl.models import mlp
+    from hgmldl.optimizers import KerasAdam
+
+    with pytest.raises(UserError, match=r"not a built Sequential: partial\(mlp, 100, 'relu'\)"):
+        Classifier(mlp(100, "relu"), KerasAdam)
+    with pytest.raises(UserError, match="not a built KerasAdam"):
+        Classifier(mlp, KerasAdam(mlp().parameters()))

@@ -14,6 +14,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from hgmldl.errors import UserError
 from hgmldl.models import INPUT_SHAPE, NUM_CLASSES, keras_init_
 from hgmldl.steps_per_execution import STAGE_PREFIX, StepsPerExecution
 
@@ -27,6 +28,12 @@ def recipe_config(recipe: Recipe) -> dict[str, Any]:
     `model=mlp activation=sigmoid` composes, with every default written out, as Keras' get_config() does."""
     if isinstance(recipe, dict):
         return recipe
+    if not callable(recipe) or isinstance(recipe, nn.Module):
+        kind = type(recipe).__name__
+        raise UserError(
+            f"Classifier takes recipes, not a built {kind}: partial(mlp, 100, 'relu') rather than mlp(100, 'relu'), "
+            "partial(KerasAdam) rather than KerasAdam(params), so that its checkpoint can build the model again"
+        )
     if isinstance(recipe, functools.partial):
         function, args, kwargs = recipe.func, recipe.args, recipe.keywords
     else:
