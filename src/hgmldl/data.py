@@ -194,6 +194,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         # On a GPU the whole dataset (about 200 MB as float32) lives in device memory: no copies per step.
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
+        # Tensors read before there was a Trainer (`data.setup("fit")` in a notebook) follow it to its device.
+        for name in ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels"):
+            if hasattr(self, name):
+                setattr(self, name, getattr(self, name).to(device))
         if stage in ("fit", "validate") and not hasattr(self, "train_images"):
             images, labels = self._read(train=True, device=device)  # split as uint8: float32 copies exist once
             split = book_split(len(labels), self.val_fraction)
