@@ -10,10 +10,12 @@ import os
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import ROOT, make_idx_dataset
+from tests.test_keras_import import BOOK_CNN, cnn_arrays, write_keras
 
 NOTEBOOKS = sorted((ROOT / "experiments" / "notebooks").glob("*.ipynb"))
 AT_A_TIME = 2
@@ -22,9 +24,11 @@ LIGHTNING_NOTICES = ("GPU available", "TPU available", "HPU available", "`Traine
 
 
 def prepare(folder: Path) -> None:
-    """The files a reader's machine would have: Fashion-MNIST and MNIST where the data modules look first."""
+    """The files a reader's machine would have: Fashion-MNIST and MNIST where the data modules look first, and the
+    book's best-cnn-model.keras beside the notebook (a synthetic one), which 08-3 reads instead of downloading it."""
     make_idx_dataset(folder / "data" / "FashionMNIST" / "raw", gz=False, seed=1)
     make_idx_dataset(folder / "data" / "MNIST" / "raw", gz=False, seed=2)
+    write_keras(folder / "best-cnn-model.keras", cnn_arrays(np.random.default_rng(3)), BOOK_CNN)
 
 
 async def execute(path: Path, folder: Path, slots: asyncio.Semaphore) -> nbformat.NotebookNode:
