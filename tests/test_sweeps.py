@@ -1,5 +1,6 @@
 """Sweeps: named job folders, the summary table and plot, fresh sweep folders, and the launcher/sweeper presets."""
 
+import contextlib
 import csv
 import importlib.util
 import json
@@ -24,9 +25,9 @@ from hgmldl.hydra_callbacks import NewSweepDir
 from tests.conftest import ROOT
 
 
-def train_py(*args, tmp_path, idx_dir):
+def train_py(*args, tmp_path, idx_dir, logger="csv"):
     """`python train.py …` on the generated data, shrunk to seconds."""
-    data = [f"data.idx_dir={idx_dir}", f"data.root={tmp_path / 'data'}", "data.download=false", "logger=csv"]
+    data = [f"data.idx_dir={idx_dir}", f"data.root={tmp_path / 'data'}", "data.download=false", f"logger={logger}"]
     return subprocess.run(
         [sys.executable, "train.py", *args, *data, "trainer.max_epochs=2", "trainer.enable_progress_bar=false"],
         cwd=ROOT,
@@ -67,6 +68,53 @@ def test_parallel_multirun_names_its_jobs_and_ends_with_the_summary(tmp_path, id
     assert f"| optimizer=adam | 1 | {metrics['optimizer=adam']['val_accuracy']:.4f} |" in table
     assert table in result.stdout
     assert (sweep / "curves.png").stat().st_size > 0
+
+
+def tensorboard_experiment(logdir):
+    """The experiment that TensorBoard's HParams tab asks its backend for (`/data/plugin/hparams/experiment`)."""
+    from tensorboard.backend.event_processing.data_provider import MultiplexerDataProvider
+    from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+    from tensorboard.context import RequestContext
+    from tensorboard.plugins.base_plugin import TBContext
+    from tensorboard.plugins.hparams import api_pb2, backend_context, get_experiment
+
+    multiplexer = EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = MultiplexerDataProvider(multiplexer, str(logdir))
+    context = backend_context.Context(TBContext(logdir=str(logdir), multiplexer=multiplexer, data_provider=provider))
+    return get_experiment.Handler(RequestContext(), context, "", api_pb2.GetExperimentRequest()).run()
+
+
+def test_tensorboard_hparams_table_shows_the_swept_keys_first(tmp_path, idx_dir):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", f"hydra.sweep.dir={sweep}", "model=softmax", "optimizer=sgd,adam"]
+    result = train_py(*args, tmp_path=tmp_path, idx_dir=idx_dir, logger="tensorboard")
+    assert result.returncode == 0, result.stderr
+    jobs = [path for path in sweep.iterdir() if path.is_dir()]
+    assert len(jobs) == 2
+    for job in jobs:
+        tags = set()
+        for path in job.glob("events.out.tfevents.*"):
+            events = EventAccumulator(str(path))
+            events.Reload()
+            with contextlib.suppress(KeyError):  # only the file written after training holds hparams
+                tags |= set(events.PluginTagToContent("hparams"))
+        # Each run's session only: an experiment summary in the runs would fix TensorBoard's columns alphabetically.
+        assert tags == {"_hparams_/session_start_info", "_hparams_/session_end_info"}
+    # TensorBoard marks the keys the jobs differ in (optimizer, and its default learning rate) and lists them first:
+    # the table's default columns are the first five hparams, then the metrics.
+    experiment = tensorboard_experiment(sweep)
+    hparams = [(info.name, info.differs) for info in experiment.hparam_infos]
+    assert hparams[:2] == [("learning_rate", True), ("optimizer", True)]
+    assert not any(differs for _, differs in hparams[2:])
+    metrics = [info.name.tag for info in experiment.metric_infos]
+    assert metrics[:5] == [
+        "accuracy",
+        *(f"final/{name}" for name in ("test_accuracy", "test_loss", "val_accuracy", "val_loss")),
+    ]
 
 
 def write_job(folder, overrides, metrics=None, history=True):

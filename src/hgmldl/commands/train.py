@@ -16,6 +16,8 @@ from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import FileWriter
+from torch.utils.tensorboard.summary import hparams, scalar
 
 from hgmldl.baseline import cross_validate_baseline
 from hgmldl.callbacks import EarlyStopping, UpdatesProgressBar
@@ -100,7 +102,12 @@ def run(cfg: DictConfig) -> Trained:
 def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, Any]) -> None:
     """TensorBoard's HParams tab: one row per run with the choices a reader compares, under the names they type,
     beside the final numbers. Those are scalars too (the tab reads them from there): named final/*, they make one
-    collapsed group in the Scalars tab instead of four one-point charts among the curves."""
+    collapsed group in the Scalars tab instead of four one-point charts among the curves.
+
+    Each run writes only its session's start and end, not the experiment summary that Lightning's
+    `log_hyperparams` (torch's `hparams()`) adds to every run: from the sessions alone TensorBoard finds the choices
+    that differ between a sweep's runs and shows them first, where an experiment summary lists them alphabetically
+    and the table's first five columns hide the swept keys."""
     model, optimizer = cfg.model, cfg.optimizer
 
     def text(value: Any) -> str:  # a column holds one type; lists (one width per layer) and absent keys as text
@@ -120,9 +127,13 @@ def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: dict[st
     names = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
     final = {f"final/{name}": metrics[name] for name in names if name in metrics}
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.log_hyperparams(params, final)
-            logger.finalize("success")  # fit() closed the writer; this one reopened it: flush now, not at exit
+        if isinstance(logger, TensorBoardLogger):  # fit() closed the logger's writer: a file of its own, closed now
+            _experiment, session_start, session_end = hparams(params, final)
+            with contextlib.closing(FileWriter(logger.log_dir)) as writer:
+                for name, value in final.items():
+                    writer.add_summary(scalar(name, value))
+                writer.add_summary(session_start)
+                writer.add_summary(session_end)
 
 
 def build_module(cfg: DictConfig) -> Classifier:
