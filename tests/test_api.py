@@ -134,6 +134,38 @@ def test_summary_lists_the_books_layers() -> None:
     assert "(None, 32, 14, 14)" in next(line for line in table if "(MaxPool2d)" in line)
 
 
+def test_summary_lists_named_layers_in_aligned_columns() -> None:
+    """7-2's named-layer model (the revised book names them 은닉층 and 출력층) as PyTorch writes it: the names are
+    the layer column, and a Hangul name, two terminal columns a syllable, leaves the other columns in line."""
+    from collections import OrderedDict
+    from unicodedata import east_asian_width
+
+    from torch import nn
+
+    net = nn.Sequential(
+        OrderedDict(
+            [
+                ("flatten", nn.Flatten()),
+                ("은닉층", nn.Linear(784, 100)),
+                ("sigmoid", nn.Sigmoid()),
+                ("출력층", nn.Linear(100, 10)),
+            ]
+        )
+    )
+    table = hgmldl.summary(net).splitlines()
+    first, last = [index for index, line in enumerate(table) if line.startswith("===")]
+    rows = table[first + 1 : last]
+    assert [row.split(" (")[0] for row in rows] == ["flatten", "은닉층", "sigmoid", "출력층"]
+    assert [row.split()[-1] for row in rows] == ["0", "78,500", "0", "1,010"]
+
+    def columns(text: str) -> int:  # as a terminal or a notebook's monospace font shows it
+        return sum(2 if east_asian_width(char) in "WF" else 1 for char in text)
+
+    header = next(line for line in table if line.startswith("Layer (type)"))
+    assert {columns(row) for row in rows} == {columns(header)}
+    assert {columns(row[: row.index("(None")]) for row in rows} == {header.index("Output Shape")}
+
+
 def test_load_data_gives_the_books_splits(small: list[str]) -> None:
     # 500 generated training images: the book's train_test_split(test_size=0.2) holds out 100 as val_scaled.
     sizes = {split: len(hgmldl.load_data(split, *small)[1]) for split in ("train", "val", "test")}

@@ -160,6 +160,23 @@ def test_evaluation_batches_keep_the_order():
     assert [y.tolist() for _, y in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
+def test_a_setup_by_hand_before_the_trainer_moves_to_the_trainers_device(tmp_path):
+    # A notebook calls data.setup("fit") to look at data.train_labels before any Trainer exists: the tensors are read
+    # to the CPU. The Trainer's own setup() must bring them to its device (here the meta device stands for a GPU).
+    from types import SimpleNamespace
+
+    source = make_idx_dataset(tmp_path / "idx", num_train=50, num_test=10)
+    data = FashionMNISTDataModule(root=str(tmp_path / "root"), idx_dir=str(source), download=False)
+    data.prepare_data()
+    data.setup("fit")
+    data.setup("test")
+    assert data.train_images.device == torch.device("cpu")
+    data.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
+    data.setup("fit")
+    names = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
+    assert {getattr(data, name).device for name in names} == {torch.device("meta")}
+
+
 @pytest.mark.cuda
 def test_the_dataset_and_every_batch_live_on_the_trainers_device(make_cfg, accelerator):
     # On a GPU the images are read into device memory once and batches are gathered there: no copy from the host
@@ -167,6 +184,8 @@ def test_the_dataset_and_every_batch_live_on_the_trainers_device(make_cfg, accel
     cfg = make_cfg("model=cnn", "trainer.max_epochs=1", "callbacks=default")
     module = Classifier(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer))
     datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    datamodule.setup("fit")  # by hand before the Trainer, as a notebook does: read to the CPU, then moved by fit
     inputs = []
     hook = torch.nn.modules.module.register_module_forward_hook(
         lambda layer, args, output: inputs.append(args[0]) if layer is module.net else None

@@ -1,4 +1,5 @@
-"""Korean class names in the commands' terminal tables: a Hangul syllable takes two columns, so str.ljust misaligns."""
+"""Korean names in terminal tables (the commands' class names, summary()'s layer names): a Hangul syllable takes two
+columns, so str.ljust misaligns."""
 
 import unicodedata
 

@@ -11,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import ModelSummary
 from torch import nn
 
+from hgmldl.hangul import padded
 from hgmldl.models import INPUT_SHAPE
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,8 @@ def summary(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> str
     for name, layer in net.named_children():
         shape = "(None, " + ", ".join(str(size) for size in shapes[name][1:]) + ")"
         count = sum(parameter.numel() for parameter in layer.parameters())
-        rows.append(f"{f'{name} ({type(layer).__name__})':<32}{shape:<26}{count:>12,}")
+        # padded: a layer named in Hangul (nn.Sequential(OrderedDict([("은닉층", …)]))) keeps the columns aligned
+        rows.append(f"{padded(f'{name} ({type(layer).__name__})', 32)}{shape:<26}{count:>12,}")
     trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
     total = sum(p.numel() for p in net.parameters())
     rows += [
