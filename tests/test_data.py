@@ -204,18 +204,3 @@ def test_the_dataset_and_every_batch_live_on_the_trainers_device(make_cfg, accel
     assert {tensor.device for tensor in data} == {device}
     # The sanity check's validation minibatch, 13 training ones (400 images by 32), one validation, one test.
     assert len(inputs) == 1 + 13 + 1 + 1 and {x.device for x in inputs} == {device}
-
-
-def test_tensors_read_before_the_trainer_follow_it_to_its_device(tmp_path, idx_dir):
-    """A notebook's `data.setup("fit")` before `trainer.fit` reads the images on the CPU; on a GPU the trainer's
-    setup then moves them (here a stand-in trainer on torch's `meta` device, which a CPU machine has)."""
-    from types import SimpleNamespace
-
-    datamodule = FashionMNISTDataModule(root=str(tmp_path), idx_dir=str(idx_dir), download=False)
-    datamodule.prepare_data()
-    datamodule.setup("fit")
-    datamodule.setup("test")
-    datamodule.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
-    datamodule.setup("fit")
-    names = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
-    assert {getattr(datamodule, name).device.type for name in names} == {"meta"}

@@ -206,11 +206,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
             self.val_images, self.val_labels = scale(images[val]), labels[val]
         if stage in ("test", "predict") and not hasattr(self, "test_images"):
             self.test_images, self.test_labels = self._load(train=False, device=device)
-        # A setup() called by hand before any Trainer (a notebook's data.setup("fit")) read the tensors to the CPU.
-        if self.trainer:
-            for name in ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels"):
-                if hasattr(self, name) and getattr(self, name).device != device:
-                    setattr(self, name, getattr(self, name).to(device))
 
     def _load(self, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 1, 28, 28) float32 images in [0, 1] and their labels."""
