@@ -84,6 +84,7 @@ def test_fit_returns_the_restored_best_weights(small: list[str], idx_dir: Path, 
         ("model=resnet", "Could not find 'model/resnet'"),
         ("optimizer.lr=0", "optimizer.lr must be a number > 0, got 0"),
         ("data.batch_size=abc", "data.batch_size"),
+        ("logger=null", "Config group override must be a string or a list"),  # Hydra's ValueError
     ],
 )
 def test_fit_errors_are_one_line(small: list[str], tmp_path: Path, override: str, message: str) -> None:

@@ -155,31 +155,9 @@ def test_data_module_trains_in_the_order_data_shuffle_names(tmp_path):
     assert torch.equal(torch.cat([y for _, y in val]), data.val_labels)  # evaluation keeps the order
 
 
-def test_tensors_read_by_hand_follow_the_trainers_device(tmp_path):
-    # A notebook calls setup("fit") itself to look at data.train_images (read on the CPU, no Trainer yet), then trains
-    # on a GPU: the Trainer's setup() must move them, or every batch is on the wrong device. "meta" stands for the GPU.
-    source = make_idx_dataset(tmp_path / "idx", num_train=100, num_test=10)
-    data = FashionMNISTDataModule(root=str(tmp_path / "root"), idx_dir=str(source), download=False)
-    data.prepare_data()
-    data.setup("fit")
-    data.setup("test")
-    data.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")))
-    data.setup("fit")
-    names = ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels")
-    assert {getattr(data, name).device.type for name in names} == {"meta"}
-
-
-def test_evaluation_batches_keep_the_order():
-    labels = torch.arange(10)
-    batches = TensorBatches(torch.zeros(10, 1, 1, 1), labels, batch_size=4)
-    assert [y.tolist() for _, y in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
-
-
 def test_a_setup_by_hand_before_the_trainer_moves_to_the_trainers_device(tmp_path):
     # A notebook calls data.setup("fit") to look at data.train_labels before any Trainer exists: the tensors are read
     # to the CPU. The Trainer's own setup() must bring them to its device (here the meta device stands for a GPU).
-    from types import SimpleNamespace
-
     source = make_idx_dataset(tmp_path / "idx", num_train=50, num_test=10)
     data = FashionMNISTDataModule(root=str(tmp_path / "root"), idx_dir=str(source), download=False)
     data.prepare_data()

@@ -132,7 +132,7 @@ def compose_config(name: str, overrides: Sequence[str], output_dir: str | Path |
     try:
         with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
             cfg = compose(name, overrides=list(overrides))
-    except (HydraException, OmegaConfBaseException) as error:
+    except (HydraException, OmegaConfBaseException, ValueError) as error:  # ValueError: `logger=null`
         raise UserError(" ".join(line.strip() for line in str(error).splitlines() if line.strip())) from None
     finally:
         GlobalHydra.instance().clear()

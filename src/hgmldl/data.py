@@ -206,11 +206,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
             self.val_images, self.val_labels = scale(images[val]), labels[val]
         if stage in ("test", "predict") and not hasattr(self, "test_images"):
             self.test_images, self.test_labels = self._load(train=False, device=device)
-        # Tensors read earlier, by a setup() called by hand (a notebook looking at data.train_images) or for another
-        # Trainer, follow this Trainer's device: the batches are slices of them.
-        for name in ("train_images", "train_labels", "val_images", "val_labels", "test_images", "test_labels"):
-            if hasattr(self, name):
-                setattr(self, name, getattr(self, name).to(device))
 
     def _load(self, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 1, 28, 28) float32 images in [0, 1] and their labels."""
