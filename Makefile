@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+# One test process per core (at most 4), each taking whole files, so a file's shared fixtures run once: most tests
+# keep one core busy, and a 2-core machine runs two of them at a time.
+PYTEST := $(VENV)/bin/pytest -n auto --maxprocesses 4 --dist loadfile
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 ARGS ?=
 
@@ -36,10 +39,10 @@ format: install  ## ruff format + autofix
 	$(VENV)/bin/ruff check --fix .
 
 test: install data lint  ## install, get the data, lint, run the tests (the slow ones excluded)
-	$(VENV)/bin/pytest -m "not slow" $(ARGS)
+	$(PYTEST) -m "not slow" $(ARGS)
 
 test-all: install data lint  ## every test, the slow ones included
-	$(VENV)/bin/pytest $(ARGS)
+	$(PYTEST) $(ARGS)
 
 bench: install data  ## speed: hgmldl's Trainer against a plain PyTorch loop, side by side (scripts/benchmark.py)
 	$(PY) scripts/benchmark.py $(ARGS)
