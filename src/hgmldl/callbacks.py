@@ -1,6 +1,6 @@
 """The callbacks Lightning lacks: Keras' EarlyStopping restore_best_weights, History (as history.csv) and TerminateOnNaN, the random
 state in checkpoints, per-class accuracy with the confusion matrix for evaluate.py, the book's pictures in
-TensorBoard, and a progress bar that counts updates."""
+TensorBoard."""
 
 import logging
 import time
@@ -9,7 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar, early_stopping
+from lightning.pytorch.callbacks import early_stopping
 from torch import nn
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
@@ -205,21 +205,6 @@ class ClassMetrics(L.Callback):
 
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._compute("test")
-
-
-class UpdatesProgressBar(TQDMProgressBar):
-    """TQDM's bar counting minibatch updates, as Keras' progress bar does (1500/1500 at batch 32), also when one
-    Lightning step runs several of them (steps_per_execution)."""
-
-    @property
-    def total_train_batches(self) -> int | float:
-        return self.trainer.train_dataloader.num_minibatches
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        updates = min((batch_idx + 1) * pl_module.steps_per_execution, self.total_train_batches)
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, updates - 1)
 
 
 def first_conv(net: nn.Module) -> nn.Conv2d | None:

@@ -104,7 +104,6 @@ ALLOWED_VALUES: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.val_fraction", lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1) (0: no validation data)"),
     ("data.shuffle", lambda v: v in SHUFFLES, f"one of {', '.join(SHUFFLES)}"),
     ("data.eval_batch_size", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
-    ("steps_per_execution", lambda v: _integer(v) and v >= 1, "an integer >= 1 (1: one optimizer update a step)"),
     ("trainer.max_epochs", lambda v: _integer(v) and v >= 1, "an integer >= 1"),
     ("trainer.max_steps", lambda v: _integer(v) and (v >= 1 or v == -1), "an integer >= 1, or -1 (no limit)"),
     # 0 would train nothing, and run() would still report the untrained model's numbers

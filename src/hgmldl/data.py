@@ -5,7 +5,6 @@ path does no per-sample Python or PIL work (torchvision's usual `ToTensor` pipel
 """
 
 import gzip
-import itertools
 import logging
 import math
 import socket
@@ -216,16 +215,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
         dataset = self.dataset_class(self.root, train=train, download=False)
         return dataset.data.to(device).unsqueeze(1), dataset.targets.to(device)
 
-    def _batches(self, images: torch.Tensor, labels: torch.Tensor, train: bool, limit: Any = None) -> "TensorBatches":
+    def _batches(self, images: torch.Tensor, labels: torch.Tensor, train: bool) -> "TensorBatches":
         trainer = self.trainer
         return TensorBatches(
             images,
             labels,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            # Keras' steps_per_execution is the module's setting (conf/train.yaml); evaluation runs one batch a step.
-            steps_per_execution=trainer.lightning_module.steps_per_execution if trainer and train else 1,
-            # An integer limit_*_batches counts minibatches, as a user reads it, also when a step holds several.
-            limit=limit if isinstance(limit, int) else None,
             shuffle=self.shuffle if train else None,
             seed=self.seed,
             rank=trainer.global_rank if trainer else 0,
@@ -233,13 +228,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
         )
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
-        # setup() already put the tensors on the device and batches are views of them; Lightning's generic
-        # transfer would walk each list of 50 minibatches for nothing (docs/performance.md).
+        # setup() already put the tensors on the device and batches are views of them: Lightning's generic transfer
+        # would inspect every minibatch for nothing (docs/performance.md).
         return batch
 
     def train_dataloader(self) -> "TensorBatches":
-        limit = self.trainer.limit_train_batches if self.trainer else None
-        return self._batches(self.train_images, self.train_labels, train=True, limit=limit)
+        return self._batches(self.train_images, self.train_labels, train=True)
 
     def val_dataloader(self) -> "TensorBatches":
         return self._batches(self.val_images, self.val_labels, train=False)
@@ -283,9 +277,7 @@ class TensorBatches:
 
     `sampler` is a torch DistributedSampler: it gives each DDP rank its own share of a permutation drawn from
     (seed, epoch) — Lightning calls its `set_epoch`, so a resumed run sees the same order as an uninterrupted
-    one — or, for `shuffle="keras"`, of epoch 0's permutation every epoch. With `steps_per_execution` N > 1 each
-    item is a list of N minibatches (Keras' steps_per_execution): the module makes one optimizer update per
-    minibatch. `limit` caps the minibatches.
+    one — or, for `shuffle="keras"`, of epoch 0's permutation every epoch.
     """
 
     batch_sampler = None  # Lightning inspects `sampler` and `batch_sampler` as on a DataLoader
@@ -295,8 +287,6 @@ class TensorBatches:
         images: torch.Tensor,
         labels: torch.Tensor,
         batch_size: int,
-        steps_per_execution: int = 1,
-        limit: int | None = None,
         shuffle: str | None = None,
         seed: int = 0,
         rank: int = 0,
@@ -304,32 +294,20 @@ class TensorBatches:
     ) -> None:
         self.images, self.labels = images, labels
         self.batch_size = batch_size
-        self.steps_per_execution = steps_per_execution
         sampler = DistributedSampler if shuffle is None else SHUFFLES[shuffle]
         self.sampler = sampler(
             range(len(labels)), num_replicas=world_size, rank=rank, shuffle=shuffle is not None, seed=seed
         )
-        self.num_minibatches = math.ceil(self.sampler.num_samples / batch_size)
-        if limit is not None:
-            self.num_minibatches = min(self.num_minibatches, limit)
 
     def __len__(self) -> int:
-        return math.ceil(self.num_minibatches / self.steps_per_execution)
+        return math.ceil(self.sampler.num_samples / self.batch_size)
 
     def __iter__(self):
         if self.sampler.shuffle or self.sampler.num_replicas > 1:
             # Each minibatch is gathered when its step comes: gathering the whole shuffled epoch up front writes a
             # fresh 150 MB tensor every epoch, which took longer than gathering the minibatches (docs/performance.md).
             order = torch.as_tensor(list(self.sampler), device=self.images.device)
-            minibatches = (
-                (self.images.index_select(0, indices), self.labels.index_select(0, indices))
-                for indices in order.split(self.batch_size)
-            )
+            for indices in order.split(self.batch_size):
+                yield self.images.index_select(0, indices), self.labels.index_select(0, indices)
         else:
-            minibatches = zip(self.images.split(self.batch_size), self.labels.split(self.batch_size), strict=True)
-        minibatches = itertools.islice(minibatches, self.num_minibatches)
-        if self.steps_per_execution == 1:
-            yield from minibatches
-        else:
-            while execution := list(itertools.islice(minibatches, self.steps_per_execution)):
-                yield execution
+            yield from zip(self.images.split(self.batch_size), self.labels.split(self.batch_size), strict=True)

@@ -11,12 +11,11 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
-from torchmetrics import MeanMetric
-from torchmetrics.classification import MulticlassAccuracy
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 from hgmldl.errors import UserError
-from hgmldl.models import INPUT_SHAPE, NUM_CLASSES, keras_init_
-from hgmldl.steps_per_execution import STAGE_PREFIX, StepsPerExecution
+from hgmldl.models import INPUT_SHAPE, keras_init_
 
 Recipe = dict[str, Any] | Callable[..., Any]
 
@@ -44,16 +43,38 @@ def recipe_config(recipe: Recipe) -> dict[str, Any]:
     return {"_target_": f"{function.__module__}.{function.__qualname__}", **values}  # tuples as YAML lists
 
 
-class Classifier(StepsPerExecution, L.LightningModule):
+# Keras' History names: loss / accuracy while training, val_* on validation data, test_* from evaluate(test).
+STAGE_PREFIX = {"train": "", "val": "val_", "test": "test_"}
+
+
+class SampleMean(Metric):
+    """The mean over an epoch's samples, of one value per sample: a minibatch's loss repeated for each of its
+    samples (Keras' Mean of the loss), or whether each prediction is right (SparseCategoricalAccuracy). An update
+    only keeps the tensor, reduced at the epoch's end (across processes under DDP); torchmetrics' MeanMetric and
+    MulticlassAccuracy compute at every update, which a small model's update would feel (docs/performance.md)."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("values", default=[], dist_reduce_fx="cat")
+
+    def update(self, values: torch.Tensor) -> None:
+        self.values.append(values)
+
+    def compute(self) -> torch.Tensor:
+        return dim_zero_cat(self.values).float().mean()
+
+
+class Classifier(L.LightningModule):
     """Keras' `model.compile(optimizer=…, loss='sparse_categorical_crossentropy', metrics=['accuracy'])` on a
     network: `Classifier(partial(mlp, 100, "relu"), partial(KerasAdam))`. It takes recipes, not built objects (a
     `functools.partial`, or the config dicts train.py passes), and saves them as hyperparameters, so a checkpoint
     alone rebuilds the model: `Classifier.load_from_checkpoint(path)`, or `hgmldl.load(path)` with one-line errors.
 
-    `training_step` is Keras' `train_step`: one minibatch, one loss; with `steps_per_execution=1` Lightning's
-    automatic optimization does backward() and optimizer.step(). By default (`steps_per_execution=50`, Keras'
-    `compile(steps_per_execution=N)`) each Lightning step is a list of 50 minibatches, and `execute_steps`
-    (hgmldl/steps_per_execution.py) runs this same training step on each, with one optimizer update per minibatch.
+    `training_step` is Keras' `train_step`: one minibatch, one loss, from which Lightning's automatic optimization
+    does backward() and optimizer.step(). The speed comes from outside, as Keras' `compile` option does: the Trainer
+    callback `StepsPerExecution` (docs/training.md) runs this same step on N minibatches per Lightning step.
     """
 
     def __init__(
@@ -61,7 +82,6 @@ class Classifier(StepsPerExecution, L.LightningModule):
         model: Recipe,
         optimizer: Recipe,
         scheduler: dict[str, Any] | None = None,
-        steps_per_execution: int = 1,
         init: str = "keras",
         compile: bool = False,
     ) -> None:
@@ -81,12 +101,9 @@ class Classifier(StepsPerExecution, L.LightningModule):
             self.net.compile()
         self.example_input_array = torch.zeros(1, *INPUT_SHAPE)  # gives ModelSummary Keras' output-shape column
         # The epoch means, keyed by their History names (loss, accuracy, val_loss, …).
-        self.epoch_metrics = nn.ModuleDict()
-        for prefix in STAGE_PREFIX.values():
-            self.epoch_metrics[f"{prefix}loss"] = MeanMetric()
-            self.epoch_metrics[f"{prefix}accuracy"] = MulticlassAccuracy(
-                NUM_CLASSES, average="micro", validate_args=False
-            )
+        self.epoch_metrics = nn.ModuleDict(
+            {f"{prefix}{name}": SampleMean() for prefix in STAGE_PREFIX.values() for name in ("loss", "accuracy")}
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits; `predict_step` turns them into Keras' softmax probabilities."""
@@ -109,28 +126,46 @@ class Classifier(StepsPerExecution, L.LightningModule):
         # Lightning's lr_scheduler dict: the scheduler plus when to step it (interval, monitor).
         schedule = dict(self.hparams.scheduler)
         schedule["scheduler"] = instantiate(schedule["scheduler"], optimizer=optimizer)
-        if not self.automatic_optimization:  # steps_per_execution > 1 steps it itself, with the monitored value
-            schedule.pop("monitor", None)
         return {"optimizer": optimizer, "lr_scheduler": schedule}
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         """Keras' train_step: the minibatch's loss, from which Lightning computes the gradients and the update."""
-        if isinstance(batch, list):  # steps_per_execution > 1: a list of minibatches, see execute_steps
-            return self.execute_steps(batch)
         images, labels = batch
         logits = self(images)
         loss = F.cross_entropy(logits, labels)
-        self.record(loss, logits, labels)
+        self.log_epoch_means("train", loss, logits, labels)
         return loss
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         images, labels = batch
         logits = self(images)
-        self.record(F.cross_entropy(logits, labels), logits, labels)
+        self.log_epoch_means("val", F.cross_entropy(logits, labels), logits, labels)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
-        self.validation_step(batch, batch_idx)
+        images, labels = batch
+        logits = self(images)
+        self.log_epoch_means("test", F.cross_entropy(logits, labels), logits, labels)
 
     def predict_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """Keras' predict: one row of class probabilities per image."""
         return torch.softmax(self(batch[0]), dim=1)
+
+    def log_epoch_means(self, stage: str, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Adds the minibatch to the epoch's loss and accuracy (Keras' History), which Lightning computes, logs and
+        resets at the epoch's end. A metric object needs logging once per epoch, so it is logged with the epoch's
+        first minibatch: each `self.log` costs about as much as a small model's update (docs/performance.md)."""
+        prefix = STAGE_PREFIX[stage]
+        loss_mean, accuracy = self.epoch_metrics[f"{prefix}loss"], self.epoch_metrics[f"{prefix}accuracy"]
+        loss_mean.update(loss.detach().expand(len(labels)))
+        accuracy.update(logits.detach().argmax(dim=1) == labels)
+        if loss_mean.update_count > 1:
+            return
+        self.log(f"{prefix}loss", loss_mean, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        self.log(f"{prefix}accuracy", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
+        # A metric named `step` becomes the loggers' x-axis: epochs, as in the book's History plots. Only while
+        # fitting: trainer.validate and trainer.test report the scores alone, as Keras' evaluate does.
+        if self.trainer.state.fn == "fit":
+            self.log("step", float(self.current_epoch), on_step=False, on_epoch=True, batch_size=len(labels))
+        if stage == "train" and self.hparams.scheduler:  # the epoch's learning rate: history.csv's lr column
+            lr = self.optimizers().param_groups[0]["lr"]
+            self.log("lr", lr, on_step=False, on_epoch=True, batch_size=len(labels))

@@ -1,16 +1,23 @@
-"""Keras' `compile(steps_per_execution=N)` for a LightningModule: N optimizer updates per Lightning step.
+"""Keras' `compile(steps_per_execution=N)` for Lightning: N optimizer updates per Lightning step, as a callback.
 
 Lightning spends about as long on its own work per step (hooks, logging, the progress bar) as a small model spends
-on a whole update at batch 32 (docs/performance.md). With N > 1 the data module hands each Lightning step a list of
-N minibatches, and `execute_steps` runs the module's own textbook `training_step` on each, with one optimizer
-update per minibatch, under Lightning's manual optimization: Lightning's per-step cost is paid once per N updates,
-and batch-level hooks run every N updates, as Keras documents for its own option. N = 1 is plain Lightning.
+on a whole update at batch 32 (docs/performance.md). `StepsPerExecution(N)` in the Trainer's callbacks pays that
+once per N updates: it gives the module a training step that takes Lightning's `dataloader_iter` and runs the
+module's own textbook `training_step` on each of the next N minibatches, with one optimizer update each, under
+Lightning's manual optimization. Batch-level hooks run every N updates, as Keras documents for its own option; their
+`batch_idx` is the last minibatch's, so progress bars count updates. N = 1 is plain Lightning: the callback does
+nothing. The module, the data module and the other callbacks do not know N; this file is the one seam:
 
-What that takes besides the loop, all here: the learning-rate schedule stepped by the module (Lightning steps it
-only under automatic optimization), the epoch metrics buffered per step, and `plain_update` (the one private
-Lightning API on the training path) with its guard `plain_updates_are_exact`.
+- `StepsPerExecution.trainer_options`: the Trainer options Lightning counts in its own steps, converted from
+  updates, and those that need one update per step refused with one line;
+- the learning-rate schedule, stepped here (Lightning steps it only under automatic optimization), in the
+  callback's own hooks, so a module that overrides its epoch hooks keeps it;
+- `plain_update` (the one private Lightning API on the training path) with its guard `plain_updates_are_exact`.
 """
 
+import itertools
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
@@ -19,120 +26,113 @@ from lightning.pytorch.core.optimizer import LightningOptimizer
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 from lightning.pytorch.strategies import SingleDeviceStrategy
 from lightning.pytorch.utilities.model_helpers import is_overridden
+from omegaconf import DictConfig
 
-# Keras' History names: loss / accuracy while training, val_* on validation data, test_* from evaluate(test).
-STAGE_PREFIX = {"train": "", "val": "val_", "test": "test_"}
+from hgmldl.errors import UserError
+
+# The callback steps the schedulers itself, with the monitored value (ReduceLROnPlateau), and `dataloader_iter` is
+# the public route Lightning 2.6 gives a step to take several minibatches: neither deserves a warning in every run.
+warnings.filterwarnings("ignore", message=r"The lr scheduler dict contains the key\(s\) \['monitor'\]")
+warnings.filterwarnings("ignore", message=r"Found `dataloader_iter` argument in the `training_step`")
 
 
-class StepsPerExecution:
-    """A LightningModule mixin (`class Classifier(StepsPerExecution, L.LightningModule)`). The module saves
-    `steps_per_execution` and `scheduler` (Lightning's lr_scheduler dict, or None) as hyperparameters, holds
-    its epoch metrics in `epoch_metrics` by their History names, and passes each step's loss and predictions
-    to `record`; its `training_step` hands a list of minibatches to `execute_steps`."""
+class StepsPerExecution(L.Callback):
+    """`Trainer(callbacks=[StepsPerExecution(50)])`: 50 optimizer updates per Lightning step, each the module's own
+    `training_step` on one minibatch; the numbers are those of one update per step (tests/test_steps_per_execution.py).
+    The module keeps the execution step after fit, as a Keras model keeps its `compile` settings."""
 
-    hparams: Any
-    epoch_metrics: torch.nn.ModuleDict
+    def __init__(self, steps: int) -> None:
+        if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
+            raise UserError(
+                f"steps_per_execution must be an integer >= 1 (1: one optimizer update a step), got {steps!r}"
+            )
+        self.steps = steps
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._recorded: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
-        self._plain_updates = False
+    def trainer_options(self, trainer: DictConfig, callbacks: DictConfig) -> dict[str, Any]:
+        """The Trainer options that Lightning counts in its own steps, converted from updates, where one Lightning
+        step runs N updates; those that need one update per step are refused with one line."""
+        n = self.steps
+        if n == 1:
+            return {}
+        for name, node in callbacks.items():  # ModelCheckpoint checks its count after each Lightning step
+            every = node.get("every_n_train_steps") if isinstance(node, DictConfig) else None
+            if every and every % n:
+                raise UserError(
+                    f"callbacks.{name}.every_n_train_steps={every} is not a multiple of steps_per_execution={n}: "
+                    f"Lightning counts it after every {n} updates; give a multiple of {n} or steps_per_execution=1"
+                )
+        for key, default in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
+            if trainer.get(key, default) not in (default, 0):
+                raise UserError(
+                    f"trainer.{key} needs steps_per_execution=1 (Lightning does it only with one update per step, "
+                    f"under automatic optimization): add steps_per_execution=1"
+                )
+        options = {}
+        interval = trainer.get("val_check_interval")
+        if isinstance(interval, int):
+            if interval % n:
+                raise UserError(
+                    f"trainer.val_check_interval={interval} updates is not a whole number of steps of "
+                    f"steps_per_execution={n} updates: give a multiple of {n}, a fraction of the epoch, or "
+                    "steps_per_execution=1"
+                )
+            options["val_check_interval"] = interval // n
+        every = trainer.get("log_every_n_steps")
+        if isinstance(every, int):  # as in Keras, step-level logging cannot happen more often than once per execution
+            if every > n and every % n:
+                raise UserError(
+                    f"trainer.log_every_n_steps={every} updates is not a whole number of steps of "
+                    f"steps_per_execution={n} updates: give a multiple of {n} or steps_per_execution=1"
+                )
+            options["log_every_n_steps"] = max(1, every // n)
+        return options
 
-    @property
-    def steps_per_execution(self) -> int:
-        return self.hparams.get("steps_per_execution", 1)
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self.steps == 1:
+            return
+        pl_module.__dict__.pop("training_step", None)  # an execution step from an earlier fit
+        pl_module.automatic_optimization = False
+        self.module, self.training_step = pl_module, pl_module.training_step
+        self.plain = plain_updates_are_exact(trainer, pl_module)
+        # An instance attribute: Lightning looks the step up on the module, and the `dataloader_iter` parameter
+        # makes Lightning hand over the epoch's iterator instead of one minibatch.
+        pl_module.training_step = self.execute
 
-    @property
-    def automatic_optimization(self) -> bool:
-        """Lightning makes one update per step only under its automatic optimization: N > 1 needs manual."""
-        return self.steps_per_execution == 1
-
-    def execute_steps(self, minibatches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        """The textbook training step and one optimizer update for each minibatch. Returns the minibatches'
-        losses, which callbacks see as `outputs["loss"]` (TerminateOnNaN checks them)."""
-        optimizer = self.optimizers()
-        if self.trainer.max_steps >= 0:  # max_steps counts updates, not executions
-            minibatches = minibatches[: self.trainer.max_steps - self.trainer.global_step]
-        step_scheduler = self._scheduler_interval() == "step"
+    def execute(self, dataloader_iter: Iterator[tuple[Any, int, int]]) -> torch.Tensor:
+        """One Lightning step: the textbook training step and one optimizer update for each of the next N
+        minibatches. Returns their losses, which callbacks see as `outputs["loss"]` (TerminateOnNaN checks them)."""
+        module, trainer = self.module, self.module.trainer
+        optimizer = module.optimizers()
+        steps = self.steps
+        if trainer.max_steps >= 0:  # max_steps counts updates, not executions
+            steps = min(steps, trainer.max_steps - trainer.global_step)
+        configs = trainer.lr_scheduler_configs
+        step_scheduler = configs[0].scheduler if configs and configs[0].interval == "step" else None
         losses = []
-        for index, minibatch in enumerate(minibatches):
-            loss = self.training_step(minibatch, index)
+        convert = trainer.precision_plugin.convert_input  # what Lightning does to each batch it hands a step
+        for batch, batch_idx, _ in itertools.islice(dataloader_iter, steps):
+            loss = self.training_step(convert(batch), batch_idx)
             optimizer.zero_grad()
-            if self._plain_updates:
+            if self.plain:
                 plain_update(optimizer, loss)
             else:
-                self.manual_backward(loss)
+                module.manual_backward(loss)
                 optimizer.step()
-            if step_scheduler:
-                self.lr_schedulers().step()
+            if step_scheduler is not None:
+                step_scheduler.step()
             losses.append(loss.detach())
         return torch.stack(losses)
 
-    def on_fit_start(self) -> None:
-        self._plain_updates = not self.automatic_optimization and plain_updates_are_exact(self.trainer, self)
-
-    def on_train_epoch_end(self) -> None:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After the epoch's validation, where Lightning steps epoch schedulers, so ReduceLROnPlateau sees val_loss.
-        if self._scheduler_interval() == "epoch":
-            scheduler, monitor = self.lr_schedulers(), self.hparams.scheduler.get("monitor")
-            if monitor:  # ReduceLROnPlateau
-                scheduler.step(self.trainer.callback_metrics[monitor])
+        if self.steps == 1 or not trainer.lr_scheduler_configs:
+            return
+        config = trainer.lr_scheduler_configs[0]
+        if config.interval == "epoch":
+            if config.monitor:  # ReduceLROnPlateau
+                config.scheduler.step(trainer.callback_metrics[config.monitor])
             else:
-                scheduler.step()
-
-    def _scheduler_interval(self) -> str | None:
-        """When this module steps the learning-rate scheduler itself: Lightning does it only under automatic
-        optimization."""
-        if self.automatic_optimization or not self.hparams.scheduler:
-            return None
-        return self.hparams.scheduler["interval"]
-
-    def record(self, loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        """Keeps the step's loss and predictions for the epoch's metrics. They are added to the torchmetrics
-        objects once per Lightning step (`on_*_batch_end`): once per minibatch costs as much as a small model's
-        whole update."""
-        self._recorded.append((loss.detach(), logits.detach().argmax(dim=1), labels))
-
-    def _update_metrics(self, stage: str) -> None:
-        losses, predictions, labels = zip(*self._recorded, strict=True)
-        self._recorded.clear()
-        prefix = STAGE_PREFIX[stage]
-        sizes = torch.tensor([len(batch) for batch in labels], device=self.device)
-        self.epoch_metrics[f"{prefix}loss"].update(torch.stack(losses), weight=sizes)
-        self.epoch_metrics[f"{prefix}accuracy"].update(torch.cat(predictions), torch.cat(labels))
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self._update_metrics("train")
-
-    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._update_metrics("val")
-
-    def on_test_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
-        self._update_metrics("test")
-
-    def on_train_epoch_start(self) -> None:
-        self._log_epoch_metrics("train")
-        if self.hparams.scheduler:  # the epoch's learning rate: a TensorBoard curve and history.csv's lr column
-            self.log("lr", self.optimizers().param_groups[0]["lr"], on_step=False, on_epoch=True)
-
-    def on_validation_epoch_start(self) -> None:
-        self._log_epoch_metrics("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._log_epoch_metrics("test")
-
-    def _log_epoch_metrics(self, stage: str) -> None:
-        """Hands the metric objects to Lightning once per epoch: the steps only update them, and at the epoch end
-        Lightning computes, logs and resets them, reduced across processes under DDP. Logging them from every step
-        gives the same numbers but costs more than a small model's update per call (Lightning moves the whole
-        metric to the device)."""
-        prefix = STAGE_PREFIX[stage]
-        for name in (f"{prefix}loss", f"{prefix}accuracy"):
-            self.log(name, self.epoch_metrics[name], on_step=False, on_epoch=True, prog_bar=True)
-        # A metric named `step` becomes the loggers' x-axis: epochs, as in the book's History plots. Only while
-        # fitting: trainer.validate and trainer.test report the scores alone, as Keras' evaluate does.
-        if self.trainer.state.fn == "fit":
-            self.log("step", float(self.current_epoch), on_step=False, on_epoch=True)
+                config.scheduler.step()
 
 
 def plain_updates_are_exact(trainer: L.Trainer, module: L.LightningModule) -> bool:

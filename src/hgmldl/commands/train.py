@@ -14,18 +14,20 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import TQDMProgressBar
 from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import FileWriter
 from torch.utils.tensorboard.summary import hparams, scalar
 
 from hgmldl.baseline import cross_validate_baseline
-from hgmldl.callbacks import EarlyStopping, UpdatesProgressBar
+from hgmldl.callbacks import EarlyStopping
 from hgmldl.config import check_config
 from hgmldl.errors import UserError
 from hgmldl.files import write_text_atomic
 from hgmldl.module import Classifier
 from hgmldl.resume import check_resumable, interrupted_message, resume_checkpoint
+from hgmldl.steps_per_execution import StepsPerExecution
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +143,6 @@ def build_module(cfg: DictConfig) -> Classifier:
         model=OmegaConf.to_container(cfg.model, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
         scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True) or None,
-        steps_per_execution=cfg.steps_per_execution,
         init=cfg.init.name,
         compile=cfg.compile,
     )
@@ -167,9 +168,12 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     if progress_bar is None:
         progress_bar = sys.stderr.isatty()
     if progress_bar:
-        callbacks.append(UpdatesProgressBar())
+        callbacks.append(TQDMProgressBar())
+    speed = StepsPerExecution(cfg.steps_per_execution)  # Keras' compile(steps_per_execution=N), docs/training.md
+    callbacks.append(speed)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
-    options = trainer_options(cfg.trainer, cfg.callbacks, cfg.steps_per_execution)
+    check_strategy(cfg.trainer)
+    options = speed.trainer_options(cfg.trainer, cfg.callbacks)
     if not validation:
         options |= {"limit_val_batches": 0, "num_sanity_val_steps": 0}  # no validation loop at all
     with lightning_errors():
@@ -200,50 +204,14 @@ def check_without_validation(cfg: DictConfig) -> None:
 SPAWNING_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
-def trainer_options(trainer: DictConfig, callbacks: DictConfig, steps_per_execution: int) -> dict[str, Any]:
-    """The Trainer options that Lightning counts in its own steps, converted from updates, where one Lightning step
-    runs `steps_per_execution` updates; those that need one update per step are refused with one line."""
+def check_strategy(trainer: DictConfig) -> None:
+    """Refuses the strategies whose training run() could not see."""
     strategy = trainer.get("strategy")
     if isinstance(strategy, str) and strategy.startswith(SPAWNING_STRATEGIES):
         raise UserError(
             f"trainer.strategy={strategy} trains in spawned processes, whose results train.py cannot see: use "
             "trainer=ddp (Lightning starts train.py once per device)"
         )
-    n = steps_per_execution
-    if n == 1:
-        return {}
-    for name, node in callbacks.items():  # ModelCheckpoint checks its count after each Lightning step
-        every = node.get("every_n_train_steps") if isinstance(node, DictConfig) else None
-        if every and every % n:
-            raise UserError(
-                f"callbacks.{name}.every_n_train_steps={every} is not a multiple of steps_per_execution={n}: "
-                f"Lightning counts it after every {n} updates; give a multiple of {n} or steps_per_execution=1"
-            )
-    for key, default in (("gradient_clip_val", None), ("accumulate_grad_batches", 1)):
-        if trainer.get(key, default) not in (default, 0):
-            raise UserError(
-                f"trainer.{key} needs steps_per_execution=1 (Lightning does it only with one update per step, "
-                f"under automatic optimization): add steps_per_execution=1"
-            )
-    options = {}
-    interval = trainer.get("val_check_interval")
-    if isinstance(interval, int):
-        if interval % n:
-            raise UserError(
-                f"trainer.val_check_interval={interval} updates is not a whole number of steps of "
-                f"steps_per_execution={n} updates: give a multiple of {n}, a fraction of the epoch, or "
-                "steps_per_execution=1"
-            )
-        options["val_check_interval"] = interval // n
-    every = trainer.get("log_every_n_steps")
-    if isinstance(every, int):  # as in Keras, step-level logging cannot happen more often than once per execution
-        if every > n and every % n:
-            raise UserError(
-                f"trainer.log_every_n_steps={every} updates is not a whole number of steps of "
-                f"steps_per_execution={n} updates: give a multiple of {n} or steps_per_execution=1"
-            )
-        options["log_every_n_steps"] = max(1, every // n)
-    return options
 
 
 @contextlib.contextmanager
