@@ -27,9 +27,15 @@ class SaveOrder(L.Callback):
         self.indices.append(torch.tensor(list(trainer.train_dataloader.sampler)))  # after Lightning's set_epoch
         self.labels.append([])
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        minibatches = batch if isinstance(batch, list) else [batch]  # a list with steps_per_execution > 1
-        self.labels[-1].extend(labels for _, labels in minibatches)
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # Wraps the module's own step, which StepsPerExecution (set up after this callback) runs per minibatch.
+        training_step = pl_module.training_step
+
+        def recording_step(batch, batch_idx):
+            self.labels[-1].append(batch[1])
+            return training_step(batch, batch_idx)
+
+        pl_module.training_step = recording_step
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         order = {

@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from hgmldl.commands.train import run
 from hgmldl.models import cnn, keras_init_
 from hgmldl.module import Classifier
+from hgmldl.steps_per_execution import StepsPerExecution
 from tests.conftest import ROOT
 
 BENCHMARK = [sys.executable, "scripts/benchmark.py"]
@@ -157,34 +158,34 @@ class UpdateCounter(L.Callback):
 
 def fit_one_epoch(
     make_cfg, accelerator: str, *callbacks: L.Callback, precision: str = "32-true"
-) -> tuple[Classifier, L.Trainer]:
+) -> tuple[Classifier, L.Trainer, StepsPerExecution]:
     cfg = make_cfg("model=dropout_mlp")
     L.seed_everything(0)
     module = Classifier(
         OmegaConf.to_container(cfg.model, resolve=True),
         OmegaConf.to_container(cfg.optimizer),
-        steps_per_execution=cfg.steps_per_execution,  # 4: the plain updates run only with N > 1
     )
+    speed = StepsPerExecution(cfg.steps_per_execution)  # 4: the plain updates run only with N > 1
     trainer = L.Trainer(
         max_epochs=1,
         accelerator=accelerator,
         precision=precision,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, speed],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
     trainer.fit(module, datamodule=instantiate(cfg.data))
-    return module, trainer
+    return module, trainer, speed
 
 
 @pytest.mark.cuda
 def test_plain_updates_train_exactly_like_lightnings_optimizer_path(make_cfg, accelerator):
-    fast, fast_trainer = fit_one_epoch(make_cfg, accelerator)
+    fast, fast_trainer, fast_speed = fit_one_epoch(make_cfg, accelerator)
     counter = UpdateCounter()
-    hooked, hooked_trainer = fit_one_epoch(make_cfg, accelerator, counter)
-    assert fast._plain_updates and not hooked._plain_updates
+    hooked, hooked_trainer, hooked_speed = fit_one_epoch(make_cfg, accelerator, counter)
+    assert fast_speed.plain and not hooked_speed.plain
     # 400 training images in minibatches of 32: 13 updates, each counted by Lightning on both paths.
     assert fast_trainer.global_step == hooked_trainer.global_step == counter.updates == 13
     for (name, fast_weight), hooked_weight in zip(fast.state_dict().items(), hooked.state_dict().values(), strict=True):
@@ -198,10 +199,10 @@ def test_bf16_mixed_keeps_the_plain_updates(make_cfg, accelerator):
         lambda layer, inputs, output: dtypes.append(output.dtype) if isinstance(layer, torch.nn.Linear) else None
     )
     try:
-        module, trainer = fit_one_epoch(make_cfg, accelerator, precision="bf16-mixed")
+        module, trainer, speed = fit_one_epoch(make_cfg, accelerator, precision="bf16-mixed")
     finally:
         hook.remove()
-    assert module._plain_updates and trainer.global_step == 13
+    assert speed.plain and trainer.global_step == 13
     assert torch.bfloat16 in dtypes and torch.float32 not in dtypes  # every Dense layer ran under bf16 autocast
 
 

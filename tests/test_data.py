@@ -107,15 +107,13 @@ def permutation(seed: int, num_samples: int) -> torch.Tensor:
 def fed_order(batches: TensorBatches, epoch: int) -> torch.Tensor:
     """The labels (here equal to the sample indices) of one epoch's minibatches, after Lightning's set_epoch."""
     batches.sampler.set_epoch(epoch)
-    steps = list(batches)
-    minibatches = [minibatch for step in steps for minibatch in step] if batches.steps_per_execution > 1 else steps
-    return torch.cat([labels for _, labels in minibatches])
+    return torch.cat([labels for _, labels in batches])
 
 
 @pytest.mark.parametrize(("shuffle", "epoch_seeds"), [("keras", [7, 7, 7]), ("every_epoch", [7, 8, 9])])
 def test_training_order_is_the_permutation_drawn_from_the_seed(shuffle, epoch_seeds):
     images, labels = torch.arange(100.0).reshape(100, 1, 1, 1), torch.arange(100)
-    batches = TensorBatches(images, labels, batch_size=32, steps_per_execution=2, shuffle=shuffle, seed=7)
+    batches = TensorBatches(images, labels, batch_size=32, shuffle=shuffle, seed=7)
     assert len(batches) == 2
     steps = list(batches)
     assert [len(step) for step in steps] == [2, 2] and [len(y) for _, y in steps[1]] == [32, 4]

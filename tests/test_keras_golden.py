@@ -27,6 +27,7 @@ from hgmldl.data import TensorBatches
 from hgmldl.keras_weights import load_keras_weights
 from hgmldl.models import keras_layers
 from hgmldl.module import Classifier
+from hgmldl.steps_per_execution import StepsPerExecution
 from tests.conftest import FASHION_MNIST_DIR, ROOT
 
 pytestmark = pytest.mark.realdata
@@ -127,7 +128,6 @@ def replay(model: str, optimizer: str, datamodule, record: dict[str, np.ndarray]
     module = Classifier(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
-        steps_per_execution=cfg.steps_per_execution,
         init=cfg.init.name,
     )
     initial = keras_arrays(record, "initial")
@@ -141,7 +141,6 @@ def replay(model: str, optimizer: str, datamodule, record: dict[str, np.ndarray]
         datamodule.train_images[order],
         datamodule.train_labels[order],
         batch_size=cfg.data.batch_size,
-        steps_per_execution=cfg.steps_per_execution,
     )
     step_losses = StepLosses()
     trainer = L.Trainer(
@@ -149,7 +148,7 @@ def replay(model: str, optimizer: str, datamodule, record: dict[str, np.ndarray]
         accelerator="cpu",
         devices=1,
         logger=False,
-        callbacks=[step_losses],
+        callbacks=[step_losses, StepsPerExecution(cfg.steps_per_execution)],
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,

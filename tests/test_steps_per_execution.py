@@ -6,8 +6,9 @@ import pytest
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
+from hgmldl.commands import train
 from hgmldl.commands.train import run
-from hgmldl.data import TensorBatches
+from hgmldl.module import Classifier
 from hgmldl.steps_per_execution import plain_update
 
 # The generated data of tests/conftest.py: 400 training images in minibatches of 32.
@@ -41,17 +42,44 @@ def test_one_and_fifty_steps_per_execution_train_the_same_weights_and_history(ma
     assert metrics_50["test_accuracy"] == pytest.approx(metrics_1["test_accuracy"], abs=1e-6)
 
 
-@pytest.mark.parametrize("shuffle", [None, "keras", "every_epoch"])
-def test_data_module_groups_the_minibatches_it_is_told_to(shuffle):
-    images, labels = torch.rand(100, 1, 28, 28), torch.arange(100)
-    steps = list(TensorBatches(images, labels, batch_size=8, steps_per_execution=5, shuffle=shuffle))
-    assert [len(step) for step in steps] == [5, 5, 3]  # 13 minibatches of at most 8
-    assert [len(labels) for step in steps for _, labels in step] == [8] * 12 + [4]
-    limited = TensorBatches(images, labels, batch_size=8, steps_per_execution=5, limit=7, shuffle=shuffle)
-    assert len(limited) == 2 and [len(step) for step in limited] == [5, 2]
-    # limit_train_batches=7 counts minibatches: the first 7 of the epoch's order, in 2 steps of 5 and 2
-    first_seven = [labels for step in steps for _, labels in step][:7]
-    assert all(map(torch.equal, [labels for step in limited for _, labels in step], first_seven))
+class EpochHooksOverridden(Classifier):
+    """A user's subclass that overrides every epoch hook without calling super()."""
+
+    def on_train_epoch_start(self):
+        pass
+
+    def on_train_epoch_end(self):
+        pass
+
+    def on_validation_epoch_start(self):
+        pass
+
+    def on_validation_epoch_end(self):
+        pass
+
+
+@pytest.mark.parametrize("n", [1, 4])
+def test_overriding_the_epoch_hooks_changes_neither_the_schedule_nor_the_metrics(make_cfg, tmp_path, monkeypatch, n):
+    histories = {}
+    for module_class in (Classifier, EpochHooksOverridden):
+        monkeypatch.setattr(train, "Classifier", module_class)
+        output_dir = tmp_path / module_class.__name__
+        cfg = make_cfg(
+            f"steps_per_execution={n}",
+            "scheduler=step",
+            "scheduler.scheduler.step_size=1",
+            "callbacks=default",
+            "trainer.max_epochs=3",
+            output_dir=output_dir,
+        )
+        train.run(cfg)
+        histories[module_class] = read_history(output_dir / "history.csv")
+    plain, overridden = histories[Classifier], histories[EpochHooksOverridden]
+    learning_rates = [float(row["lr"]) for row in plain]
+    assert learning_rates[1] < learning_rates[0] and learning_rates[2] < learning_rates[1]  # StepLR every epoch
+    for row, row_overridden in zip(plain, overridden, strict=True):
+        for column in ("lr", "loss", "accuracy", "val_loss", "val_accuracy"):
+            assert row[column] and row_overridden[column] == row[column], column
 
 
 def test_plain_update_counts_as_lightnings_own_step_does():

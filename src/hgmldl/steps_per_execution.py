@@ -90,7 +90,8 @@ class StepsPerExecution(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self.steps == 1:
             return
-        pl_module.__dict__.pop("training_step", None)  # an execution step from an earlier fit
+        if isinstance(getattr(pl_module.training_step, "__self__", None), StepsPerExecution):
+            del pl_module.training_step  # the execution step of an earlier fit
         pl_module.automatic_optimization = False
         self.module, self.training_step = pl_module, pl_module.training_step
         self.plain = plain_updates_are_exact(trainer, pl_module)
