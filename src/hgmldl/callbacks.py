@@ -133,8 +133,7 @@ class TerminateOnNaN(L.Callback):
     """Keras' TerminateOnNaN, ending the run with an error at the first NaN or infinite training loss.
 
     It stops within the Lightning step where the loss diverged, before a checkpoint or history.csv can record
-    the broken weights, so both keep the epochs before it. (Without it the epoch's mean loss would even look
-    finite: torchmetrics' MeanMetric drops NaN values with a warning.) Costs one device sync per step.
+    the broken weights, so both keep the epochs before it. Costs one device sync per step.
     """
 
     def on_train_batch_end(
