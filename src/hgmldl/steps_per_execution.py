@@ -39,7 +39,8 @@ warnings.filterwarnings("ignore", message=r"Found `dataloader_iter` argument in 
 class StepsPerExecution(L.Callback):
     """`Trainer(callbacks=[StepsPerExecution(50)])`: 50 optimizer updates per Lightning step, each the module's own
     `training_step` on one minibatch; the numbers are those of one update per step (tests/test_steps_per_execution.py).
-    The module keeps the execution step after fit, as a Keras model keeps its `compile` settings."""
+    After fit the module keeps the execution step and manual optimization, as a Keras model keeps its `compile`
+    settings (and `trainer.global_step` keeps counting updates); a Trainer with this callback sets it anew."""
 
     def __init__(self, steps: int) -> None:
         if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
@@ -88,10 +89,13 @@ class StepsPerExecution(L.Callback):
         return options
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit" or self.steps == 1:
+        if stage != "fit":
             return
         if isinstance(getattr(pl_module.training_step, "__self__", None), StepsPerExecution):
             del pl_module.training_step  # the execution step of an earlier fit
+            pl_module.automatic_optimization = True
+        if self.steps == 1:
+            return
         pl_module.automatic_optimization = False
         self.module, self.training_step = pl_module, pl_module.training_step
         self.plain = plain_updates_are_exact(trainer, pl_module)
