@@ -30,9 +30,8 @@ from omegaconf import DictConfig
 
 from hgmldl.errors import UserError
 
-# The callback steps the schedulers itself, with the monitored value (ReduceLROnPlateau), and `dataloader_iter` is
-# the public route Lightning 2.6 gives a step to take several minibatches: neither deserves a warning in every run.
-warnings.filterwarnings("ignore", message=r"The lr scheduler dict contains the key\(s\) \['monitor'\]")
+# `dataloader_iter` is the public route Lightning 2.6 gives a step to take several minibatches; Lightning calls it
+# experimental, which is no news for every run.
 warnings.filterwarnings("ignore", message=r"Found `dataloader_iter` argument in the `training_step`")
 
 
@@ -88,9 +87,9 @@ class StepsPerExecution(L.Callback):
             options["log_every_n_steps"] = max(1, every // n)
         return options
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # After Lightning has read configure_optimizers as for automatic optimization, which keeps the scheduler's
+        # `monitor` (ReduceLROnPlateau) for on_train_epoch_end, and before the loops restore a checkpoint.
         if isinstance(getattr(pl_module.training_step, "__self__", None), StepsPerExecution):
             del pl_module.training_step  # the execution step of an earlier fit
             pl_module.automatic_optimization = True
