@@ -114,9 +114,9 @@ def fed_order(batches: TensorBatches, epoch: int) -> torch.Tensor:
 def test_training_order_is_the_permutation_drawn_from_the_seed(shuffle, epoch_seeds):
     images, labels = torch.arange(100.0).reshape(100, 1, 1, 1), torch.arange(100)
     batches = TensorBatches(images, labels, batch_size=32, shuffle=shuffle, seed=7)
-    assert len(batches) == 2
-    steps = list(batches)
-    assert [len(step) for step in steps] == [2, 2] and [len(y) for _, y in steps[1]] == [32, 4]
+    assert len(batches) == 4
+    minibatches = list(batches)
+    assert [len(y) for _, y in minibatches] == [32, 32, 32, 4]
     orders = [fed_order(batches, epoch) for epoch in range(3)]
     for order, seed in zip(orders, epoch_seeds, strict=True):
         assert torch.equal(order, permutation(seed, 100))
@@ -125,8 +125,8 @@ def test_training_order_is_the_permutation_drawn_from_the_seed(shuffle, epoch_se
     assert torch.equal(fed_order(batches, 0), orders[0])  # an epoch run again (a resumed run) gets the same order
     other_seed = TensorBatches(images, labels, batch_size=32, shuffle=shuffle, seed=8)
     assert not torch.equal(fed_order(other_seed, 0), orders[0])
-    for _, y in steps[0]:
-        torch.testing.assert_close(images[y].flatten(), y.float())  # images travel with their labels
+    for x, y in minibatches:
+        torch.testing.assert_close(x.flatten(), y.float())  # images travel with their labels
 
 
 @pytest.mark.parametrize("shuffle", SHUFFLES)
