@@ -158,7 +158,7 @@ class Classifier(L.LightningModule):
         loss_mean, accuracy = self.epoch_metrics[f"{prefix}loss"], self.epoch_metrics[f"{prefix}accuracy"]
         loss_mean.update(loss.detach().expand(len(labels)))
         accuracy.update(logits.detach().argmax(dim=1) == labels)
-        if loss_mean.update_count > 1:
+        if loss_mean.update_count > 1 or self._trainer is None:  # no Trainer: a step called by hand
             return
         self.log(f"{prefix}loss", loss_mean, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
         self.log(f"{prefix}accuracy", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
