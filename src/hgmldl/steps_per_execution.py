@@ -31,8 +31,9 @@ from omegaconf import DictConfig
 from hgmldl.errors import UserError
 
 # `dataloader_iter` is the public route Lightning 2.6 gives a step to take several minibatches; Lightning calls it
-# experimental, which is no news for every run.
+# experimental and warns that hooks see the last minibatch's batch_idx, which is what this callback wants.
 warnings.filterwarnings("ignore", message=r"Found `dataloader_iter` argument in the `training_step`")
+warnings.filterwarnings("ignore", message=r"You are using the `dataloader_iter` step flavor")
 
 
 class StepsPerExecution(L.Callback):
