@@ -10,18 +10,15 @@ line adds a folder to sys.path without reading the .pth files inside it, so this
 invisible: the child checks that before it runs the cell."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sysconfig
-import venv
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, fresh_venv, offline_pip_env
 
 SET_UP_CELL = nbformat.read(ROOT / "experiments" / "notebooks" / "07-1.ipynb", as_version=4).cells[1].source
 
@@ -41,14 +38,6 @@ except ImportError:
     where = None
 print(json.dumps({"shown": shown.getvalue(), "hgmldl": where}))
 """
-
-
-def fresh_venv(folder: Path) -> Path:
-    """A fresh venv without hgmldl, its dependencies this environment's; its python."""
-    venv.create(folder, with_pip=False)
-    (site,) = (folder / "lib").glob("python*/site-packages")
-    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return folder / "bin" / "python"
 
 
 @pytest.fixture
@@ -72,10 +61,14 @@ def checkout(tmp_path: Path) -> Path:
 
 def run_cell(python: Path, cell: str, folder: Path) -> dict:
     """The cell run by `python` in `folder` (the kernel's working directory): what it showed, where hgmldl is after."""
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env |= {"PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
     done = subprocess.run(
-        [str(python), "-c", CHILD], input=cell, cwd=folder, env=env, capture_output=True, text=True, timeout=600
+        [str(python), "-c", CHILD],
+        input=cell,
+        cwd=folder,
+        env=offline_pip_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout.splitlines()[-1])

@@ -8,6 +8,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
+from hgmldl.config import command
 from hgmldl.figures import class_names, plot_samples, save_figure
 from hgmldl.hangul import padded
 from hgmldl.images import split_images
@@ -29,3 +30,9 @@ def run(cfg: DictConfig) -> list[int]:
         log.info("  %s %d", padded(name), count)
     log.info("picture: %s", path)
     return counts
+
+
+@command("show_data")
+def main(cfg: DictConfig) -> None:
+    """`python show_data.py …` at the top of the checkout, `hgmldl-show-data …` where pip installed hgmldl."""
+    run(cfg)

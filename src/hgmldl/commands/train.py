@@ -21,11 +21,11 @@ from torch.utils.tensorboard.summary import hparams, scalar
 
 from hgmldl.baseline import cross_validate_baseline
 from hgmldl.callbacks import EarlyStopping, UpdatesProgressBar
-from hgmldl.config import check_config
-from hgmldl.errors import UserError
+from hgmldl.config import check_config, command
+from hgmldl.errors import UserError, one_line_errors
 from hgmldl.files import write_text_atomic
 from hgmldl.module import Classifier
-from hgmldl.resume import check_resumable, interrupted_message, resume_checkpoint
+from hgmldl.resume import check_resumable, interrupted_message, resume_checkpoint, resume_overrides
 
 log = logging.getLogger(__name__)
 
@@ -256,3 +256,15 @@ def lightning_errors() -> Iterator[None]:
         raise UserError(f"trainer: {error.__cause__ or error}") from None
     except MisconfigurationException as error:
         raise UserError(f"trainer: {error}") from None
+
+
+@command("train")
+def train(cfg: DictConfig) -> float | None:
+    metrics = run(cfg).metrics
+    return metrics.get(cfg.optimized_metric) if cfg.optimized_metric else None  # what a Hydra sweeper maximises
+
+
+def main() -> None:
+    """`python train.py …` at the top of the checkout, `hgmldl-train …` where pip installed hgmldl."""
+    sys.argv[1:] = one_line_errors(resume_overrides)(sys.argv[1:])  # resume=<run dir>: that run's config, in its folder
+    train()
