@@ -35,6 +35,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from hgmldl.baseline import cross_validate_baseline
 from hgmldl.commands.train import run
 from hgmldl.config import register_configs
 from hgmldl.errors import UserError
@@ -163,7 +164,10 @@ def run_job(
             continue
         print(f"{job.name} seed={seed} → {output_dir}", flush=True)
         try:  # a finished run in --runs-dir is reused: an interrupted reproduction goes on where it stopped
-            metrics = json.loads(finished.read_text()) if finished.exists() else run(cfg).metrics
+            if finished.exists():
+                metrics = json.loads(finished.read_text())
+            else:
+                metrics = cross_validate_baseline(cfg) if baseline else run(cfg).metrics
             history = read_history(output_dir / "history.csv") if (output_dir / "history.csv").exists() else []
             job.scores.append(scores(metrics, history) | reloaded(job.book, cfg, output_dir))
         except UserError as error:
