@@ -5,9 +5,10 @@
     python scripts/reproduce.py data.idx_dir=~/mnist   # extra overrides go to every run
     python scripts/reproduce.py --quick --out /tmp/r   # every preset for one short epoch: checks the plumbing only
 
-Each run is `hgmldl.commands.train.run` on the config `python train.py experiment=<preset>` composes (Hydra's Compose API),
-all in this one process; a preset that sets `hydra.sweeper.params` (ch7_2_optimizers) runs once per combination,
-as `-m` would. What the book prints for a preset, and the band ours should fall in, is the preset's `book:` node.
+Each run is `hgmldl.commands.train.run` (7-1's baseline: `hgmldl.baseline.cross_validate_baseline`) on the config
+`python train.py experiment=<preset>` composes (Hydra's Compose API), all in this one process; a preset that sets
+`hydra.sweeper.params` (ch7_2_optimizers) runs once per combination, as `-m` would. What the book prints for a
+preset, and the band ours should fall in, is the preset's `book:` node.
 A run whose config equals an earlier one's (ch7_2_optimizers' adam is ch7_2_adam) is not trained twice.
 A run that fails with a UserError (no MNIST offline) is reported as not run, and the others go on. Finished runs
 in --runs-dir are reused, so a second call with the same --runs-dir resumes, adds seeds, or (--report-only) only
