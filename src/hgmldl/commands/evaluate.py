@@ -31,7 +31,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     returns what evaluation.json holds."""
     module = load_model(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
-    names = class_names(datamodule.dataset_class.__name__, cfg.classes)
+    names = class_names(datamodule.classes, cfg.classes)
     class_metrics = ClassMetrics()
     trainer = instantiate(
         cfg.trainer, callbacks=[class_metrics], logger=False, enable_progress_bar=False, enable_model_summary=False

@@ -24,7 +24,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """The class of one image (`image=<file>`, or `index` of `split`) and its ten probabilities; prediction.png."""
     module = load_model(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
-    names = class_names(datamodule.dataset_class.__name__, cfg.classes)
+    names = class_names(datamodule.classes, cfg.classes)
     if cfg.image:
         image, label, source = read_image(cfg.image), None, str(cfg.image)
     else:

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> list[int]:
     """7-1's first cells: the first ten training images with their labels, and the number of images per class."""
     datamodule = instantiate(cfg.data)
-    names = class_names(datamodule.dataset_class.__name__, cfg.classes)
+    names = class_names(datamodule.classes, cfg.classes)
     images, labels = split_images(datamodule, "train")
     first = labels[: cfg.num_images].tolist()
     path = save_figure(plot_samples(images[: cfg.num_images], first, names), Path(cfg.output_dir) / "samples.png")
