@@ -18,7 +18,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from tests.conftest import ROOT, fresh_venv, offline_pip_env
+from tests.conftest import ROOT, fresh_venv, make_idx_dataset, offline_pip_env
 
 SET_UP_CELL = nbformat.read(ROOT / "experiments" / "notebooks" / "07-1.ipynb", as_version=4).cells[1].source
 REPOSITORY = "https://github.com/hgmldl/hgmldl"  # the address the cell installs from outside a checkout
@@ -105,11 +105,20 @@ def test_outside_a_checkout_installs_from_the_repository(fresh_python: Path, che
     content.mkdir()
     # file://localhost/…: pip's requirement parser refuses a git+file:/// address, whose host is empty
     clone = f"file://localhost{checkout}"
-    result = run_cell(fresh_python, with_repository(clone), content)
+    idx_dir = make_idx_dataset(tmp_path / "idx")
+    next_cell = f"""
+import hgmldl
+history = hgmldl.fit("model=softmax", "trainer.max_epochs=1", "data.idx_dir={idx_dir}", "data.download=false")
+print("trained:", history.history["val_accuracy"], history.run_dir)
+"""
+    result = run_cell(fresh_python, with_repository(clone) + next_cell, content)
     assert result["error"] is None, result["shown"]
     assert f"git+{clone}" in result["shown"] and "Successfully installed hgmldl" in result["shown"]
     (site,) = (tmp_path / "venv" / "lib").glob("python*/site-packages")
     assert result["hgmldl"] == str(site / "hgmldl" / "__init__.py")  # a plain install (not -e), importable now
+    trained = result["shown"].splitlines()[-1]  # the next cell trained, from the installed package's configs
+    assert trained.startswith("trained: [0.") and " outputs/" in trained  # the run folder in the notebook's own
+    assert (content / "outputs").is_dir() and list((content / "outputs").rglob("metrics.json"))
 
 
 @pytest.mark.parametrize("where", ["colab in a checkout", "a folder outside a checkout"])
