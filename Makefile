@@ -9,7 +9,7 @@ PYTEST := $(VENV)/bin/pytest -n auto --maxprocesses 4 --dist loadfile
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
 ARGS ?=
 
-.PHONY: help install data train test test-all lint format bench reproduce notebooks gpu-check gpu-bundle clean
+.PHONY: help install data slurm train test test-all lint format bench reproduce notebooks gpu-check gpu-bundle clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,6 +27,13 @@ data:  ## Fashion-MNIST from Debian (dataset-fashion-mnist) and the Korean font,
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist fonts-nanum >/dev/null; \
 	else echo "note: no Fashion-MNIST found; run 'sudo apt-get install dataset-fashion-mnist' or train with data.idx_dir=…"; fi
 
+slurm:  ## SLURM 22.05 from Debian (slurmctld, slurmd, slurm-client, munge) for tests/test_slurm.py, where apt-get can
+	@if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null && command -v munged >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			slurmctld slurmd slurm-client munge >/dev/null; \
+	else echo "note: no SLURM found; the cluster tests (tests/test_slurm.py) skip: run 'make slurm' as root"; fi
+
 train: install data  ## install, get the data, train the default model (python train.py $(ARGS))
 	$(PY) train.py $(ARGS)
 
@@ -38,10 +45,10 @@ format: install  ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install data lint  ## install, get the data, lint, run the tests (the slow ones excluded)
+test: install data slurm lint  ## install, get the data, lint, run the tests (the slow ones excluded)
 	$(PYTEST) -m "not slow" $(ARGS)
 
-test-all: install data lint  ## every test, the slow ones included
+test-all: install data slurm lint  ## every test, the slow ones included
 	$(PYTEST) $(ARGS)
 
 bench: install data  ## speed: hgmldl's Trainer against a plain PyTorch loop, side by side (scripts/benchmark.py)
