@@ -25,7 +25,7 @@ from hgmldl.config import check_config
 from hgmldl.errors import UserError
 from hgmldl.files import write_text_atomic
 from hgmldl.module import Classifier
-from hgmldl.resume import check_resumable, interrupted_message, resume_checkpoint
+from hgmldl.resume import check_resumable, interrupted_message, requeued_checkpoint, resume_checkpoint, slurm_plugins
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,7 @@ def run(cfg: DictConfig) -> Trained:
         check_without_validation(cfg)
     module = build_module(cfg)
     ckpt_path = cfg.ckpt_path or (resume_checkpoint(cfg.resume) if cfg.get("resume") else None)
+    ckpt_path = ckpt_path or requeued_checkpoint(cfg.output_dir)
     if ckpt_path not in (None, "last"):  # "last": Lightning's keyword for the run folder's own last.ckpt
         check_resumable(module, ckpt_path)
     datamodule = instantiate(cfg.data)
@@ -170,6 +171,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         callbacks.append(UpdatesProgressBar())
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     options = trainer_options(cfg.trainer, cfg.callbacks, cfg.steps_per_execution)
+    options["plugins"] = [*instantiate(cfg.trainer.plugins or []), *slurm_plugins()]
     if not validation:
         options |= {"limit_val_batches": 0, "num_sanity_val_steps": 0}  # no validation loop at all
     with lightning_errors():
