@@ -84,10 +84,10 @@ def interrupted_message(run_dir: str, epoch: int) -> str:
             f"Stopped in epoch {epoch + 1} by SLURM's signal; requeued job {requeued_job} continues in {run_dir} "
             f"from {LAST_CHECKPOINT}, the end of epoch {epoch}"
         )
-    return (
-        f"Interrupted in epoch {epoch + 1}; {LAST_CHECKPOINT} holds the end of the last whole epoch. "
-        f"Continue with:  python train.py 'resume=\"{run_dir}\"'"
-    )
+    next_step = f"Continue with:  python train.py 'resume=\"{run_dir}\"'"
+    if SLURMEnvironment.detect():  # e.g. a sweep job that the submitit launcher requeued (its own USR2 handler)
+        next_step = f"If SLURM requeues this job, it continues from there by itself; else c{next_step[1:]}"
+    return f"Interrupted in epoch {epoch + 1}; {LAST_CHECKPOINT} holds the end of the last whole epoch. {next_step}"
 
 
 def check_resumable(module: Classifier, ckpt_path: str) -> None:
