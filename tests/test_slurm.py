@@ -165,14 +165,14 @@ def test_a_requeued_job_ends_as_the_uninterrupted_run(cluster, tmp_path, idx_dir
     wait_for(lambda: job_field(cluster, job, "JobState") == "COMPLETED", "the requeued job to end")
     assert reference.wait(timeout=120) == 0, reference.stderr.read()
     assert job_field(cluster, job, "Restarts") == "1"
+    assert_same_run(run_dir, reference_dir)
     printed = output.read_text()  # both runs of the job
-    assert f"requeued job {job} continues in {run_dir} from checkpoints/last.ckpt, the end of epoch 1" in printed
-    assert f"SLURM requeued job {job} (restart 1): continuing in {run_dir} from" in printed
     # Every epoch line once, with its training loss and accuracy: the requeued job did not start again.
     for epoch in (1, 2, 3):
         assert printed.count(f"Epoch {epoch}/3 - ") == 1
     assert printed.count(" - loss: ") == 3 and "auto-requeueing" not in printed
-    assert_same_run(run_dir, reference_dir)
+    assert f"requeued job {job} continues in {run_dir} from checkpoints/last.ckpt, the end of epoch 1" in printed
+    assert f"SLURM requeued job {job} (restart 1): continuing in {run_dir} from" in printed
 
 
 @pytest.mark.slow
@@ -190,8 +190,8 @@ def test_a_requeued_sweep_job_ends_as_the_uninterrupted_one(cluster, tmp_path, i
     subprocess.run(["scancel", "--signal=USR2", f"{array}_0"], env=cluster, check=True)
     restart_now(cluster, f"{array}_0")
     assert launcher.wait(timeout=240) == 0, launcher.stderr.read()
+    assert_same_run(*jobs)
     printed = job_log(sweep, f"{array}_0")
-    assert printed.count(f"SLURM requeued job {array}_0 (restart 1): continuing in {jobs[0]} from") == 1
     for epoch in (1, 2, 3):
         assert printed.count(f"Epoch {epoch}/3 - ") == 1
-    assert_same_run(*jobs)
+    assert printed.count(f"SLURM requeued job {array}_0 (restart 1): continuing in {jobs[0]} from") == 1

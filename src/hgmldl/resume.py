@@ -126,8 +126,9 @@ def requeue(signum: int, frame: FrameType | None) -> None:
 
 def requeued_checkpoint(run_dir: str) -> str | None:
     """What a job that SLURM requeued (SLURM_RESTART_COUNT ≥ 1) goes on from: its run folder's last.ckpt, so the
-    job continues to the numbers of an uninterrupted run, as `resume=` does. The same command with a fixed
-    hydra.run.dir (or a sweep's job folder) finds the same folder again."""
+    job continues to the numbers of an uninterrupted run, as `resume=` does; before the command's own ckpt_path=,
+    where the run started. The same command with a fixed hydra.run.dir (or a sweep's job folder) finds the same
+    folder again."""
     restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     path = Path(run_dir) / LAST_CHECKPOINT
     if not restarts or not path.is_file():

@@ -59,8 +59,8 @@ def run(cfg: DictConfig) -> Trained:
     if not validation:
         check_without_validation(cfg)
     module = build_module(cfg)
-    ckpt_path = cfg.ckpt_path or (resume_checkpoint(cfg.resume) if cfg.get("resume") else None)
-    ckpt_path = ckpt_path or requeued_checkpoint(cfg.output_dir)
+    ckpt_path = requeued_checkpoint(cfg.output_dir) or cfg.ckpt_path
+    ckpt_path = ckpt_path or (resume_checkpoint(cfg.resume) if cfg.get("resume") else None)
     if ckpt_path not in (None, "last"):  # "last": Lightning's keyword for the run folder's own last.ckpt
         check_resumable(module, ckpt_path)
     datamodule = instantiate(cfg.data)
