@@ -119,9 +119,13 @@ def requeue(signum: int, frame: FrameType | None) -> None:
     """Puts the job back into SLURM's queue; SLURM then ends its processes with SIGTERM, which Lightning turns into
     a stop after the current step, as for Ctrl-C. Under srun every process gets the signal; the first one asks."""
     global requeued_job
-    if os.environ.get("SLURM_PROCID", "0") == "0" and requeued_job is None:
-        subprocess.run(["scontrol", "requeue", slurm_job_id()], check=True)
-        requeued_job = slurm_job_id()
+    if os.environ.get("SLURM_PROCID", "0") != "0" or requeued_job is not None:
+        return
+    asked = subprocess.run(["scontrol", "requeue", slurm_job_id()], capture_output=True, text=True)
+    if asked.returncode:  # e.g. a job submitted with --no-requeue: it runs on until SLURM stops it
+        log.warning("SLURM's signal: scontrol requeue %s failed: %s", slurm_job_id(), asked.stderr.strip())
+        return
+    requeued_job = slurm_job_id()
 
 
 def requeued_checkpoint(run_dir: str) -> str | None:
