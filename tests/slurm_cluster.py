@@ -2,8 +2,10 @@
 installed by `make slurm`), started in the foreground with their keys, state, logs and sockets in one temporary
 folder and on free ports, so they touch nothing of the machine's own and several can run side by side."""
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -57,10 +59,17 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 """
 
 
+def end_with_the_tests() -> None:
+    """Linux's PR_SET_PDEATHSIG: the daemon gets SIGTERM when the test process ends, even if it is killed."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
 @contextmanager
 def daemon(command: list[str], log: Path) -> Iterator[subprocess.Popen]:
     with open(log, "w") as output:
-        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=end_with_the_tests
+        )
     try:
         yield process
     finally:
