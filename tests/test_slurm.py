@@ -148,7 +148,6 @@ REQUEUED_RUN = ["model=dropout_mlp", "steps_per_execution=1", "trainer.max_epoch
 REQUEUED_RUN += ["++callbacks.slow._target_=tests.slow_training.SlowSteps", "++callbacks.slow.seconds=0.1"]
 
 
-@pytest.mark.slow
 def test_a_requeued_job_ends_as_the_uninterrupted_run(cluster, tmp_path, idx_dir):
     run_dir, reference_dir, output = tmp_path / "run", tmp_path / "reference", tmp_path / "job.out"
     args = [*REQUEUED_RUN, *data_args(tmp_path, idx_dir)]
