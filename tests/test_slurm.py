@@ -118,6 +118,19 @@ def test_two_process_ddp_under_srun(cluster, tmp_path, idx_dir):
     assert len(history_rows(run_dir / "history.csv")) == 2 and (run_dir / "metrics.json").is_file()
 
 
+def test_ntasks_without_per_node_is_one_error_line(cluster, tmp_path, idx_dir):
+    output = tmp_path / "job.out"
+    train = ["train.py", f"hydra.run.dir={tmp_path / 'run'}", "trainer=ddp", "trainer.accelerator=cpu"]
+    train += ["trainer.devices=2", "model=softmax", *data_args(tmp_path, idx_dir), *QUIET]
+    job = sbatch(cluster, f"srun {sys.executable} {' '.join(train)}", "--ntasks=2", f"--output={output}")
+    wait_for(lambda: job_field(cluster, job, "JobState") in ("COMPLETED", "FAILED", None), "the job to end")
+    printed = output.read_text()
+    assert job_field(cluster, job, "JobState") == "FAILED", printed
+    hint = "error: trainer: You set `--ntasks=2` in your SLURM bash script, but this variable is not supported. "
+    assert printed.count(hint + "HINT: Use `--ntasks-per-node=2` instead.\n") == 2  # once per process
+    assert "Traceback" not in printed
+
+
 def assert_same_run(run_dir, reference_dir):
     """The same numbers as the uninterrupted run: history.csv but for the times, metrics.json but for the wall time,
     and the weights of both checkpoints."""

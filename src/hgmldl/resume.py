@@ -106,8 +106,12 @@ def slurm_plugins() -> list[SLURMEnvironment]:
     the signal before the time limit (`sbatch --signal=USR1@90 --requeue`)."""
     if not SLURMEnvironment.detect():
         return []
+    try:
+        environment = SLURMEnvironment(auto_requeue=False)
+    except RuntimeError as error:  # srun's tasks that Lightning cannot map to devices: --ntasks without per-node
+        raise UserError(f"trainer: {error}") from None
     signal.signal(REQUEUE_SIGNAL, requeue)
-    return [SLURMEnvironment(auto_requeue=False)]
+    return [environment]
 
 
 def slurm_job_id() -> str:
