@@ -10,7 +10,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist
 MNIST_FILES := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
 ARGS ?=
 
-.PHONY: help install data train test test-all lint format bench reproduce notebooks gpu-check gpu-bundle clean
+.PHONY: help install data slurm train test test-all lint format bench reproduce notebooks gpu-check gpu-bundle clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -31,6 +31,13 @@ data: install  ## Fashion-MNIST and the Korean font from Debian (where apt-get c
 	if [ -n "$$missing" ]; then $(PY) scripts/mnist_from_pypi.py || \
 		echo "note: going on without MNIST (above: why, and what data=mnist needs)"; fi
 
+slurm:  ## SLURM 22.05 from Debian (slurmctld, slurmd, slurm-client, munge) for tests/test_slurm.py, where apt-get can
+	@if command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null && command -v munged >/dev/null; then :; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			slurmctld slurmd slurm-client munge >/dev/null; \
+	else echo "note: no SLURM found; the cluster tests (tests/test_slurm.py) skip: run 'make slurm' as root"; fi
+
 train: install data  ## install, get the data, train the default model (python train.py $(ARGS))
 	$(PY) train.py $(ARGS)
 
@@ -42,10 +49,10 @@ format: install  ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-test: install data lint  ## install, get the data, lint, run the tests (the slow ones excluded)
+test: install data slurm lint  ## install, get the data, lint, run the tests (the slow ones excluded)
 	$(PYTEST) -m "not slow" $(ARGS)
 
-test-all: install data lint  ## every test, the slow ones included
+test-all: install data slurm lint  ## every test, the slow ones included
 	$(PYTEST) $(ARGS)
 
 bench: install data  ## speed: hgmldl's Trainer against a plain PyTorch loop, side by side (scripts/benchmark.py)

@@ -23,7 +23,14 @@ from hgmldl.errors import UserError, one_line_errors
 from hgmldl.files import write_text_atomic
 from hgmldl.hparams import log_hyperparameters
 from hgmldl.module import Classifier
-from hgmldl.resume import check_resumable, interrupted_message, resume_checkpoint, resume_overrides
+from hgmldl.resume import (
+    check_resumable,
+    interrupted_message,
+    requeued_checkpoint,
+    resume_checkpoint,
+    resume_overrides,
+    slurm_plugins,
+)
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +78,10 @@ def build(cfg: DictConfig) -> tuple[Classifier, L.LightningDataModule, L.Trainer
 
 
 def fit(module: Classifier, datamodule: L.LightningDataModule, trainer: L.Trainer, cfg: DictConfig) -> None:
-    """Keras' fit, from scratch or from `ckpt_path` / `resume`; an interrupted run ends with exit status 1."""
-    ckpt_path = cfg.ckpt_path or (resume_checkpoint(cfg.resume) if cfg.get("resume") else None)
+    """Keras' fit, from scratch, from `ckpt_path` / `resume`, or from a requeued SLURM job's own last.ckpt; an
+    interrupted run ends with exit status 1."""
+    ckpt_path = requeued_checkpoint(cfg.output_dir) or cfg.ckpt_path
+    ckpt_path = ckpt_path or (resume_checkpoint(cfg.resume) if cfg.get("resume") else None)
     if ckpt_path not in (None, "last"):  # "last": Lightning's keyword for the run folder's own last.ckpt
         check_resumable(module, ckpt_path)
     try:
@@ -160,6 +169,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         callbacks.append(UpdatesProgressBar())
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     options = trainer_options(cfg.trainer, cfg.callbacks, cfg.steps_per_execution)
+    options["plugins"] = [*instantiate(cfg.trainer.plugins or []), *slurm_plugins()]
     if not validation:
         options |= {"limit_val_batches": 0, "num_sanity_val_steps": 0}  # no validation loop at all
     with lightning_errors():
