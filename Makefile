@@ -68,6 +68,9 @@ gpu-bundle:  ## for a GPU machine without network: wheels in .whl/, Fashion-MNIS
 	bash scripts/gpu_bundle.sh
 
 notebooks: install data  ## re-run every notebook in experiments/notebooks/ on the real data, outputs saved in place
+	@# a notebook reads data/ beside it: MNIST there is the copy make data wrote (Fashion-MNIST comes from Debian's)
+	@if [ -d data/MNIST ] && [ ! -e experiments/notebooks/data/MNIST ]; then \
+		mkdir -p experiments/notebooks/data && ln -s ../../../data/MNIST experiments/notebooks/data/MNIST; fi
 	cd experiments/notebooks && OMP_NUM_THREADS=1 ../../$(VENV)/bin/jupyter-execute --inplace --timeout=-1 *.ipynb
 
 clean:  ## remove run outputs (outputs/, multirun/), keeping data/ and .venv/
