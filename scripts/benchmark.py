@@ -34,9 +34,10 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from hgmldl.api import compose_config
 from hgmldl.data import FashionMNISTDataModule
 from hgmldl.errors import UserError
-from hgmldl.hardware import BF16_FEATURES, check_cpu_bf16, cpu_has_native_bf16
+from hgmldl.hardware import BF16_FEATURES, check_cpu_bf16, cpu_has_native_bf16, cpu_name
 from hgmldl.models import keras_init_
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -115,20 +116,47 @@ class PlainLoop:
         return history | {"val_loss": float(val_loss) / count, "val_accuracy": float(val_correct) / count}
 
 
-class SideBySide(L.Callback):
-    """Times hgmldl's epochs start to start (training, validation, checkpoint, History, logging: everything the
-    Trainer does) and runs one plain-loop epoch in between, outside hgmldl's timed windows:
-    hgmldl 0, plain 0, hgmldl 1, plain 1, … The plain loop draws dropout from a forked RNG, so hgmldl's
-    trajectory is the one `train.py` alone gives. After the plain epoch each guest process (`guests`: pairs of
-    file descriptors, one to give it its turn, one it answers on) runs one epoch of its own while this one waits.
-    Writes everything to `out` when training ends."""
+class EpochClock(L.Callback):
+    """Times the epochs of one hgmldl run start to start (training, validation, checkpoint, History, logging:
+    everything the Trainer does) and keeps each epoch's val_accuracy; writes them to `out` when training ends.
+    `between_epochs` runs outside the timed windows."""
+
+    def __init__(self, out: str) -> None:
+        self.out = Path(out)
+        self.timings: dict[str, list] = {"epoch_seconds": [], "val_accuracy": []}
+        self.epoch_started = 0.0
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.current_epoch > 0:
+            self.end_epoch(trainer, pl_module)
+        self.between_epochs(trainer, pl_module)
+        self.epoch_started = clock(pl_module.device)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.end_epoch(trainer, pl_module)
+        self.out.write_text(json.dumps(self.result(trainer, pl_module), indent=2) + "\n")
+
+    def end_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.timings["epoch_seconds"].append(clock(pl_module.device) - self.epoch_started)
+        self.timings["val_accuracy"].append(float(trainer.callback_metrics["val_accuracy"]))
+
+    def between_epochs(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Before each epoch, the first included."""
+
+    def result(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return self.timings | {"updates": trainer.global_step}
+
+
+class SideBySide(EpochClock):
+    """The host: after each of hgmldl's epochs, one plain-loop epoch (hgmldl 0, plain 0, hgmldl 1, plain 1, …), then
+    each guest process (`guests`: pairs of file descriptors, one to give it its turn, one it answers on) runs one
+    epoch of its own while this one waits. The plain loop draws dropout from a forked RNG, so hgmldl's trajectory is
+    the one `train.py` alone gives."""
 
     def __init__(self, out: str, guests: list[list[int]] | None = None) -> None:
-        self.out = Path(out)
+        super().__init__(out)
         self.guests = [(int(turn), int(done)) for turn, done in guests or []]
         self.first_step_at: float | None = None
-        self.epoch_started = 0.0
-        self.hgmldl: dict[str, list] = {"epoch_seconds": [], "val_accuracy": []}
         self.plain: dict[str, list] = {"epoch_seconds": [], "val_accuracy": []}
         self.loop: PlainLoop | None = None
         self.hgmldl_peak_rss_mb = 0.0
@@ -137,27 +165,9 @@ class SideBySide(L.Callback):
         if self.first_step_at is None:
             self.first_step_at = time.time()  # wall clock: compared with the launch time in the parent process
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch > 0:
-            self._between_epochs(trainer, pl_module)
-        self.epoch_started = clock(pl_module.device)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._between_epochs(trainer, pl_module)
-        result = {
-            "first_step_at": self.first_step_at,
-            "hgmldl_peak_rss_mb": self.hgmldl_peak_rss_mb,
-            "device": str(pl_module.device),
-            "threads": torch.get_num_threads(),
-            "tensorflow_imported": "tensorflow" in sys.modules,
-            "hgmldl": self.hgmldl | {"updates": trainer.global_step},
-            "plain": self.plain | {"updates": self.loop.updates},
-        }
-        self.out.write_text(json.dumps(result, indent=2) + "\n")
-
-    def _between_epochs(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.hgmldl["epoch_seconds"].append(clock(pl_module.device) - self.epoch_started)
-        self.hgmldl["val_accuracy"].append(float(trainer.callback_metrics["val_accuracy"]))
+    def end_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """hgmldl's epoch is timed: now the plain loop's epoch, then each guest's."""
+        super().end_epoch(trainer, pl_module)
         if self.loop is None:  # hgmldl's peak through set-up and a whole epoch, before the loop allocates anything
             self.hgmldl_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
         devices = [pl_module.device] if pl_module.device.type == "cuda" else []
@@ -173,36 +183,38 @@ class SideBySide(L.Callback):
             if not os.read(done, 1):
                 raise RuntimeError("a side-by-side process ended early; its log is in the benchmark's work folder")
 
+    def result(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        return {
+            "first_step_at": self.first_step_at,
+            "hgmldl_peak_rss_mb": self.hgmldl_peak_rss_mb,
+            "device": str(pl_module.device),
+            "threads": torch.get_num_threads(),
+            "tensorflow_imported": "tensorflow" in sys.modules,
+            "hgmldl": super().result(trainer, pl_module),
+            "plain": self.plain | {"updates": self.loop.updates},
+        }
 
-class TakeTurns(L.Callback):
-    """A guest hgmldl run (bf16, one update per step): says when it is ready, then waits for its turn before each
-    epoch, so it computes only while SideBySide's process waits. Times its epochs start to start, as SideBySide does."""
+
+class TakeTurns(EpochClock):
+    """A guest hgmldl run (bf16, one update per step, …): says when it is ready, then waits for its turn before each
+    epoch and says when the epoch is done, so it computes only while SideBySide's process waits."""
 
     def __init__(self, out: str, turn_fd: int, done_fd: int) -> None:
-        self.out = Path(out)
+        super().__init__(out)
         self.turn_fd, self.done_fd = turn_fd, done_fd
-        self.epoch_started = 0.0
-        self.result: dict[str, list] = {"epoch_seconds": [], "val_accuracy": []}
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         os.write(self.done_fd, b"r")
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        super().on_train_end(trainer, pl_module)
+        os.write(self.done_fd, b"d")
+
+    def between_epochs(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch > 0:
-            self._end_epoch(trainer, pl_module)
             os.write(self.done_fd, b"d")
         if not os.read(self.turn_fd, 1):
             raise RuntimeError("the hgmldl run this one takes turns with has ended")
-        self.epoch_started = clock(pl_module.device)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._end_epoch(trainer, pl_module)
-        self.out.write_text(json.dumps(self.result | {"updates": trainer.global_step}, indent=2) + "\n")
-        os.write(self.done_fd, b"d")
-
-    def _end_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.result["epoch_seconds"].append(clock(pl_module.device) - self.epoch_started)
-        self.result["val_accuracy"].append(float(trainer.callback_metrics["val_accuracy"]))
 
 
 def train_command(model: str, epochs: int, run_dir: Path, overrides: list[str]) -> list[str]:
@@ -411,15 +423,6 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def cpu_name() -> str:
-    """The CPU's model name as Linux reports it (platform.processor() is often empty there)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
-
-
 def check_keras() -> None:
     """--keras needs TensorFlow (and scikit-learn, for the book's train_test_split) in this environment; looked
     up without importing either, so hgmldl's processes never load TensorFlow."""
@@ -506,7 +509,7 @@ def main() -> None:
         "load_average_at_start": load_at_start,
         "load_average_at_end": os.getloadavg(),
         "epochs": epochs,
-        "steps_per_execution": OmegaConf.load(ROOT / "conf" / "train.yaml").steps_per_execution,  # hgmldl's default
+        "steps_per_execution": compose_config("train", [], None).steps_per_execution,  # hgmldl's default
         "quick": args.quick,
         "results": results,
     }

@@ -40,11 +40,10 @@ from typing import Any
 import hydra
 import lightning
 import torch
-from hydra import compose, initialize_config_dir
 
+from hgmldl.api import compose_config
 from hgmldl.commands.train import run
-from hgmldl.config import register_configs
-from hgmldl.hardware import cpu_has_native_bf16
+from hgmldl.hardware import cpu_has_native_bf16, cpu_name
 from hgmldl.history import read_history
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +99,6 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if cuda:
         torch.ones(1, device="cuda").sum().item()  # CUDA's start-up, outside every timed run
-    register_configs(ROOT / "experiments")
     with tempfile.TemporaryDirectory(prefix="hgmldl-gpu-check-") as work:
         check = Check(Path(work), idx_dir, args, cuda, deadline, report)
         for part in args.only or PARTS:
@@ -202,14 +200,13 @@ class Check:
 
     def models(self) -> dict[str, Any]:
         runs, reference = [], {}
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            default_n = compose("train").steps_per_execution
-            for model in self.args.models:
-                reference[model] = self.one_epoch(model, "cpu", default_n)
-                for trainer in (self.gpu, self.bf16):
-                    for n in (1, default_n):
-                        runs.append(self.one_epoch(model, trainer, n, reference[model].get("val_accuracy")))
-                self.save({"cpu": reference, "runs": runs})
+        default_n = compose_config("train", [], None).steps_per_execution
+        for model in self.args.models:
+            reference[model] = self.one_epoch(model, "cpu", default_n)
+            for trainer in (self.gpu, self.bf16):
+                for n in (1, default_n):
+                    runs.append(self.one_epoch(model, trainer, n, reference[model].get("val_accuracy")))
+            self.save({"cpu": reference, "runs": runs})
         checks = {
             f"{r['model']} {r['trainer']} N={r['steps_per_execution']} within a point of the CPU": r.get("within")
             is True
@@ -227,7 +224,7 @@ class Check:
         role = "reference" if cpu_accuracy is None else "check"  # a dry run's stand-in for the GPU is the CPU too
         output_dir = self.work / "models" / f"{model}_{trainer}_n{n}_{role}"
         overrides = [f"model={model}", f"trainer={trainer}", f"steps_per_execution={n}", "trainer.max_epochs=1"]
-        cfg = compose("train", [*overrides, *self.common(output_dir)])
+        cfg = compose_config("train", [*overrides, *self.common()], output_dir)
         return result | attempt(lambda: self.measure(cfg, output_dir, cpu_accuracy))
 
     def measure(self, cfg: Any, output_dir: Path, cpu_accuracy: float | None) -> dict[str, Any]:
@@ -235,11 +232,10 @@ class Check:
         if self.cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
-        metrics = run(cfg).metrics
+        metrics, _, trainer = run(cfg)
         peak = torch.cuda.max_memory_allocated() / 2**20 if self.cuda and cfg.trainer.accelerator == "gpu" else None
         [epoch] = read_history(output_dir / "history.csv")
-        checkpoint = torch.load(output_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-        updates = checkpoint["global_step"]
+        updates = trainer.global_step
         result = {
             "val_accuracy": metrics["val_accuracy"],
             "epoch_s": epoch["time"],
@@ -257,13 +253,11 @@ class Check:
         epochs = ["trainer.max_epochs=2"] if self.args.dry_run else []  # the preset's 20, early stopping on
         overrides = [f"trainer={self.gpu}", *self.data, *self.dry, *epochs]
         runs_dir = self.work / "cnn"
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            [job] = reproduce.sweep_jobs(PRESET, overrides)
-            seeds = [42 + i for i in range(self.args.seeds)]
-            for seed in seeds:
-                if time.monotonic() > self.deadline:
-                    break
-                reproduce.run_job(job, [seed], overrides, runs_dir, {})
+        [job] = reproduce.sweep_jobs(PRESET, overrides)
+        for seed in range(42, 42 + self.args.seeds):
+            if time.monotonic() > self.deadline:
+                break
+            reproduce.run_job(job, [seed], overrides, runs_dir, {})
         if job.error:
             return {"error": job.error, "seeds": job.seeds}
         bands = {}
@@ -354,9 +348,9 @@ class Check:
         self.report["parts"][self.part] = {"status": "unfinished", "seconds": seconds, **so_far}
         write(self.report, self.args.out)
 
-    def common(self, output_dir: Path) -> list[str]:
-        """What every in-process run adds to its overrides: the data, its folder, no progress bar or TensorBoard."""
-        return [*self.data, *self.dry, f"output_dir={output_dir}", "trainer.enable_progress_bar=false", "~logger"]
+    def common(self) -> list[str]:
+        """What every in-process run adds to its overrides: the data, no progress bar or TensorBoard."""
+        return [*self.data, *self.dry, "trainer.enable_progress_bar=false", "~logger"]
 
     def left(self) -> float:
         """Seconds a subprocess may take: what is left of the budget, and at least a minute."""
@@ -367,7 +361,7 @@ def machine() -> dict[str, Any]:
     gpus = (
         [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     )
-    return {"gpus": gpus, "cpus": os.cpu_count(), "cpu": benchmark.cpu_name(), "platform": platform.platform()}
+    return {"gpus": gpus, "cpus": os.cpu_count(), "cpu": cpu_name(), "platform": platform.platform()}
 
 
 def write(report: dict[str, Any], out: Path) -> None:

@@ -54,6 +54,27 @@ def scale(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255)
 
 
+def read_idx(path: Path) -> np.ndarray:
+    """The uint8 array of an IDX file, raw or .gz: (N, 28, 28) images or (N,) labels, as keras.datasets' load_data()
+    returns them (for the scripts and tests that need numpy); a damaged file is one UserError that names it."""
+    data = _read_bytes(path)
+    item_shape = (IMAGE_SIZE, IMAGE_SIZE) if data[:4] == IMAGES_MAGIC.to_bytes(4, "big") else ()
+    header_size = 4 * (2 + len(item_shape))
+    magic = IMAGES_MAGIC if item_shape else LABELS_MAGIC
+    count = _check_header(path, data[:header_size], len(data), magic, item_shape)
+    return np.frombuffer(data, np.uint8, offset=header_size).reshape(count, *item_shape)
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The bytes of `path`, decompressed if its name ends in .gz (at most 47 MB for these files)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as file:
+            return file.read()
+    except (OSError, EOFError) as error:
+        raise UserError(f"cannot read {path}: {error}; the file is corrupt or truncated") from error
+
+
 def check_idx_pair(images_path: Path, labels_path: Path) -> int:
     """Checks one images/labels pair of IDX files and returns the number of samples.
 
@@ -64,13 +85,14 @@ def check_idx_pair(images_path: Path, labels_path: Path) -> int:
     num_labels = _check_idx(labels_path, LABELS_MAGIC, ())
     if count != num_labels:
         raise UserError(f"{images_path} holds {count} images but {labels_path} holds {num_labels} labels")
-    labels = np.frombuffer(labels_path.read_bytes(), dtype=np.uint8, offset=8)
+    labels = read_idx(labels_path)
     if labels.size and labels.max() >= NUM_CLASSES:
         raise UserError(f"{labels_path}: label {labels.max()} is outside 0-{NUM_CLASSES - 1}; the file is corrupt")
     return count
 
 
 def _check_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> int:
+    """Checks a raw IDX file from its header and its size, without reading the rest."""
     header_size = 4 * (2 + len(item_shape))
     try:
         with open(path, "rb") as file:
@@ -78,6 +100,12 @@ def _check_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> int:
         size = path.stat().st_size
     except OSError as error:
         raise UserError(f"cannot read {path}: {error.strerror}") from error
+    return _check_header(path, header, size, magic, item_shape)
+
+
+def _check_header(path: Path, header: bytes, size: int, magic: int, item_shape: tuple[int, ...]) -> int:
+    """The number of items an IDX file of `size` bytes holds, or a UserError saying what is wrong with it."""
+    header_size = 4 * (2 + len(item_shape))
     if len(header) < header_size:
         raise UserError(f"{path} is too short for an IDX header ({size} bytes); the file is truncated or corrupt")
     found_magic, count, *shape = struct.unpack(f">{2 + len(item_shape)}I", header)
@@ -157,13 +185,8 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
     @staticmethod
     def _decompress(source: Path, target: Path) -> None:
-        """Copies `source` (raw or .gz, at most 47 MB) to `target` atomically, so a half-written copy is never used."""
-        opener = gzip.open if source.suffix == ".gz" else open
-        try:
-            with opener(source, "rb") as file:
-                data = file.read()
-        except (OSError, EOFError) as error:
-            raise UserError(f"cannot read {source}: {error}; the file is corrupt or truncated") from error
+        """Copies `source` (raw or .gz) to `target` atomically, so a half-written copy is never used."""
+        data = _read_bytes(source)
         with open_atomic(target, "wb") as file:
             file.write(data)
 
