@@ -175,15 +175,8 @@ class Check:
         ]
         selection = ["--collect-only"] if self.args.dry_run else ["--accelerator=gpu", f"--junitxml={junit}"]
         command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", *selection, *files]
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=self.left())
-        output = (result.stdout + result.stderr).strip()
-        summary = {
-            "command": shlex.join(["python", *command[2:]]),
-            "returncode": result.returncode,
-            "last_line": output.rsplit("\n", 1)[-1],
-            "output_tail": output[-3000:],
-            "checks": {"pytest exit status 0": result.returncode == 0},
-        }
+        summary = run_command(command, self.left())
+        summary["checks"] = {"pytest exit status 0": summary["returncode"] == 0}
         if self.args.dry_run or not junit.exists():  # not written when pytest stops before running (a usage error)
             return summary
         suite = ElementTree.parse(junit).getroot().find("testsuite")
@@ -262,11 +255,11 @@ class Check:
             return {"error": job.error, "seeds": job.seeds}
         bands = {}
         for entry in job.book:
-            values = [score[entry["key"]] for score in job.scores]
+            values = reproduce.entry_values(job, entry)
             mean = statistics.mean(values)
-            low, high = entry["band"]
-            bands[entry["key"]] = {"book": entry["value"], "band": [low, high], "ours": values, "mean": mean}
-            bands[entry["key"]]["inside"] = low <= mean <= high
+            inside = reproduce.in_band(entry, mean)
+            bands[entry["key"]] = {"book": entry["value"], "band": entry["band"], "ours": values, "mean": mean}
+            bands[entry["key"]]["inside"] = inside
         scores = [
             {key: s.get(key) for key in ("val_accuracy", "test_accuracy", "epochs", "epoch_time")} for s in job.scores
         ]
@@ -296,19 +289,11 @@ class Check:
             *self.data,
             *self.dry,
         ]
-        result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=self.left())
-        output = (result.stdout + result.stderr).strip()
+        result = run_command(command, self.left())
         metrics_file = run_dir / "metrics.json"
         metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else None
-        return {
-            "command": shlex.join(["python", *command[1:]]),
-            "processes": processes,
-            "returncode": result.returncode,
-            "last_line": output.rsplit("\n", 1)[-1],
-            "output_tail": output[-3000:],
-            "metrics": metrics,
-            "checks": {"exit status 0": result.returncode == 0, "metrics.json written": metrics is not None},
-        }
+        checks = {"exit status 0": result["returncode"] == 0, "metrics.json written": metrics is not None}
+        return result | {"processes": processes, "metrics": metrics, "checks": checks}
 
     def benchmark(self) -> dict[str, Any]:
         """benchmark.run_model per model: the plain loop side by side with hgmldl at the default
@@ -355,6 +340,18 @@ class Check:
     def left(self) -> float:
         """Seconds a subprocess may take: what is left of the budget, and at least a minute."""
         return max(60.0, self.deadline - time.monotonic())
+
+
+def run_command(command: list[str], timeout: float) -> dict[str, Any]:
+    """A command run from the repository: its command line, exit status, last line and the end of its output."""
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    output = (result.stdout + result.stderr).strip()
+    return {
+        "command": shlex.join(["python", *command[1:]]),
+        "returncode": result.returncode,
+        "last_line": output.rsplit("\n", 1)[-1],
+        "output_tail": output[-3000:],
+    }
 
 
 def machine() -> dict[str, Any]:

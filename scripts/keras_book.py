@@ -3,8 +3,8 @@ of benchmark.py, and record_keras_golden.py, which records tests/golden/): the d
 gives it, each cell's scaling and split, and its Sequential.
 
 The cells are 혼공머신 7-1 (softmax), 7-2 (mlp, the relu model), 7-3 (dropout_mlp), 8-2 (cnn) and Deep Learning with
-Python ch. 2 (dense512). TensorFlow runs only in those scripts' own processes; nothing that hgmldl's tests import
-imports this module.
+Python ch. 2 (dense512). TensorFlow runs only in those scripts' own processes, and torch never does (hgmldl.idx
+reads the data with numpy alone); nothing that hgmldl's tests import imports this module.
 """
 
 from pathlib import Path
@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from hgmldl.data import read_idx
+from hgmldl.idx import IDX_FILES, find_idx, read_idx
 
 MODELS = ("softmax", "mlp", "dropout_mlp", "dense512", "cnn")
 SEED = 42  # the book's keras.utils.set_random_seed(42)
@@ -22,13 +22,10 @@ SEED = 42  # the book's keras.utils.set_random_seed(42)
 def load_train(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of the training set, what keras.datasets.fashion_mnist.load_data() returns first, read from
     the IDX files hgmldl reads (`folder`, raw or .gz): no download."""
-    arrays = []
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
-        found = [path for path in (folder / name, folder / f"{name}.gz") if path.is_file()]
-        if not found:
-            raise SystemExit(f"error: no {name} (raw or .gz) in {folder}: give the folder of the IDX files")
-        arrays.append(read_idx(found[0]))
-    images, labels = arrays
+    paths = [find_idx(folder, name) for name in IDX_FILES["train"]]
+    if None in paths:
+        raise SystemExit(f"error: no {' and '.join(IDX_FILES['train'])} (raw or .gz) in {folder}")
+    images, labels = map(read_idx, paths)
     return images, labels
 
 

@@ -250,6 +250,17 @@ def label(entry: dict[str, Any]) -> str:
     return f"{entry['key']} of {entry['checkpoint']}.ckpt reloaded" if entry.get("checkpoint") else entry["key"]
 
 
+def entry_values(job: Job, entry: dict[str, Any]) -> list[Any]:
+    """The job's number for one `book:` entry, a seed each (where the run had it)."""
+    return [score[score_key(entry)] for score in job.scores if score_key(entry) in score]
+
+
+def in_band(entry: dict[str, Any], mean: float) -> bool | None:
+    """Whether our mean falls in the band of the book's printed runs; None where the entry gives no band."""
+    band = entry.get("band")
+    return None if band is None else band[0] <= mean <= band[1]
+
+
 def book_cell(entry: dict[str, Any]) -> str:
     if entry.get("value") is None:
         return f"– ({entry['what']})" if entry["what"] else "–"
@@ -264,7 +275,7 @@ def table_row(job: Job) -> str:
         return f"| {job.name} | `{job.command}` | {book} | {ours} | | | | | | |"
     ours, inside = [], []
     for entry in job.book:
-        values = [score[score_key(entry)] for score in job.scores if score_key(entry) in score]
+        values = entry_values(job, entry)
         if not values:  # e.g. val_loss[19] of a run shorter than 20 epochs (--quick)
             ours.append(f"{label(entry)} –")
             inside.append("–")
@@ -273,8 +284,8 @@ def table_row(job: Job) -> str:
         mean = statistics.mean(values)
         spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
         ours.append(f"{label(entry)} {mean:.{digits}f}{spread} (n={len(values)})")
-        band = entry.get("band")
-        inside.append("–" if band is None else "inside" if band[0] <= mean <= band[1] else "**outside**")
+        within = in_band(entry, mean)
+        inside.append("–" if within is None else "inside" if within else "**outside**")
     epochs = ", ".join(
         f"{s['epochs']} ({s['stopped_epoch']})" if s["stopped_epoch"] else str(s["epochs"])
         for s in job.scores

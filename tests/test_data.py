@@ -19,9 +19,9 @@ from hgmldl.data import (
     MNISTDataModule,
     TensorBatches,
     book_split,
-    read_idx,
 )
 from hgmldl.errors import UserError
+from hgmldl.idx import read_idx
 from hgmldl.module import Classifier
 from tests.conftest import make_idx_dataset, write_idx
 

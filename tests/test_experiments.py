@@ -16,9 +16,9 @@ from torch import nn
 
 from hgmldl.api import compose_config
 from hgmldl.commands.train import run
-from hgmldl.data import read_idx
 from hgmldl.errors import UserError
 from hgmldl.history import read_history
+from hgmldl.idx import read_idx
 from hgmldl.module import Classifier
 from tests.conftest import ROOT, make_idx_dataset
 

@@ -25,9 +25,9 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from hgmldl import figures
 from hgmldl.commands import evaluate, predict, show_data, visualize
 from hgmldl.commands.train import run
-from hgmldl.data import read_idx
 from hgmldl.errors import UserError
 from hgmldl.history import read_history
+from hgmldl.idx import read_idx
 from hgmldl.images import read_image, split_images
 from hgmldl.module import Classifier
 from hgmldl.saving import load_checkpoint, load_weights, save_weights
