@@ -1,18 +1,20 @@
 """Records what Keras 3's own `fit` computes, step by step, for tests/test_keras_golden.py (tests/golden/*.npz).
 
-Runs in an environment of its own with pyproject's `bench` extra (TensorFlow, scikit-learn), not in the one hgmldl
-trains in: the tests compare against the committed files and never need TensorFlow.
+Runs in an environment of its own with pyproject's `bench` extra (TensorFlow, scikit-learn) and hgmldl without its
+dependencies (hgmldl.idx reads the data with numpy alone), not in the one hgmldl trains in: the tests compare against
+the committed files and never need TensorFlow.
 
-    python3 -m venv ~/kerasenv && ~/kerasenv/bin/pip install -e '.[bench]'
+    python3 -m venv ~/kerasenv && ~/kerasenv/bin/pip install tensorflow-cpu scikit-learn
+    ~/kerasenv/bin/pip install --no-deps -e .
     ~/kerasenv/bin/python scripts/record_keras_golden.py [--idx-dir /usr/share/datasets/fashion-mnist]
 
 For each book model (softmax, mlp, dropout_mlp, cnn) and optimizer (sgd, nesterov, adagrad, rmsprop, adam) it runs
 the book's code (scripts/keras_book.py) — set_random_seed(42) and enable_op_determinism(), the model, compile,
-fit(batch_size=32) on the book's 48,000-image split — and stops fit after STEPS steps. From inside fit it records the minibatches fed
-(as indices into the train split), each step's loss (the value fit differentiates; logs['loss'] is a running mean)
-and Dropout's masks; after the last step, the weights. Keras' initial weights are stored once per model (seed 42
-draws the same ones for every optimizer). A plain run of the book's model without the recording layers checks that
-recording changes nothing. docs/keras_parity.md has the measured agreement.
+fit(batch_size=32) on the book's 48,000-image split — and stops fit after STEPS steps. From inside fit it records
+the minibatches fed (as indices into the train split), each step's loss (the value fit differentiates; logs['loss']
+is a running mean) and Dropout's masks; after the last step, the weights. Keras' initial weights are stored once per
+model (seed 42 draws the same ones for every optimizer). A plain run of the book's model without the recording
+layers checks that recording changes nothing. docs/keras_parity.md has the measured agreement.
 """
 
 import argparse
