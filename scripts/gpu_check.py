@@ -43,6 +43,7 @@ import torch
 
 from hgmldl.api import compose_config
 from hgmldl.commands.train import run
+from hgmldl.data import FashionMNISTDataModule
 from hgmldl.hardware import cpu_has_native_bf16, cpu_name
 from hgmldl.history import read_history
 
@@ -54,14 +55,14 @@ import reproduce  # noqa: E402
 PARTS = ("tests", "models", "cnn", "ddp", "benchmark")
 MODELS = sorted(path.stem for path in (ROOT / "conf" / "model").glob("*.yaml"))
 PRESET = "ch8_2_cnn"
-LARGE_N = 500  # the "larger" steps_per_execution: benchmark.HGMLDL_VARIANTS["hgmldl_n500"]
+LARGE_N = "hgmldl_n500"  # benchmark.py's side with the larger steps_per_execution
 COMPILED = ("cnn", "dropout_mlp")  # compile=true costs half a minute per model: the CNN and the book's 7-3 MLP
 CUDA = "@pytest.mark.cuda"  # how a test file marks its device-sensitive tests
 TOLERANCE = 0.01  # val_accuracy on the GPU within a point of the CPU's
 TARGET = 1.15  # hgmldl ÷ the plain loop, scripts/benchmark.py's target
 DRY_RUN = ["trainer.limit_train_batches=2", "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
 # The IDX files, in the order looked for: the GPU bundle's copy (scripts/gpu_bundle.sh), then Debian's package.
-IDX_DIRS = (ROOT / ".gl" / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
+IDX_DIRS = (ROOT / ".gl" / "fashion-mnist", *map(Path, FashionMNISTDataModule.system_dirs))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -304,7 +305,7 @@ class Check:
             if time.monotonic() > self.deadline:
                 results.append({"model": model, "skipped": "over the time budget"})
                 continue
-            guests = ["hgmldl_n1", f"hgmldl_n{LARGE_N}"]
+            guests = ["hgmldl_n1", LARGE_N]
             guests += ["hgmldl_bf16"] if self.bf16 else []
             guests += ["hgmldl_compile"] if model in COMPILED and not self.args.dry_run else []
             result = attempt(
@@ -455,7 +456,8 @@ def ddp_section(part: dict[str, Any]) -> list[str]:
 
 
 def benchmark_section(part: dict[str, Any]) -> list[str]:
-    sides = {"hgmldl": "default N", "hgmldl_n1": "N=1", f"hgmldl_n{LARGE_N}": f"N={LARGE_N}", "hgmldl_bf16": "bf16"}
+    large_n = benchmark.HGMLDL_VARIANTS[LARGE_N][0].removeprefix("steps_per_execution=")
+    sides = {"hgmldl": "default N", "hgmldl_n1": "N=1", LARGE_N: f"N={large_n}", "hgmldl_bf16": "bf16"}
     sides["hgmldl_compile"] = "compile"
     lines = [
         f"## scripts/benchmark.py on the GPU: hgmldl ÷ the plain loop (target ≤ {TARGET})",

@@ -6,12 +6,12 @@
     python scripts/reproduce.py --quick --out /tmp/r   # every preset for one short epoch: checks the plumbing only
 
 Each run is `hgmldl.commands.train.run` on the config `python train.py experiment=<preset>` composes
-(hgmldl.api.compose_config), all in this one process; a preset that sets `hydra.sweeper.params` (ch7_2_optimizers) runs once per combination,
-as `-m` would. What the book prints for a preset, and the band ours should fall in, is the preset's `book:` node.
-A run whose config equals an earlier one's (ch7_2_optimizers' adam is ch7_2_adam) is not trained twice.
-A run that fails with a UserError (no MNIST offline) is reported as not run, and the others go on. Finished runs
-in --runs-dir are reused, so a second call with the same --runs-dir resumes, adds seeds, or (--report-only) only
-rewrites the report (keeping its hand-written `## Notes`).
+(hgmldl.api.compose_config), all in this one process; a preset that sets `hydra.sweeper.params` (ch7_2_optimizers)
+runs once per combination, as `-m` would. What the book prints for a preset, and the band ours should fall in, is
+the preset's `book:` node. A run whose config equals an earlier one's (ch7_2_optimizers' adam is ch7_2_adam) is not
+trained twice. A run that fails with a UserError (no MNIST offline) is reported as not run, and the others go on.
+Finished runs in --runs-dir are reused, so a second call with the same --runs-dir resumes, adds seeds, or
+(--report-only) only rewrites the report (keeping its hand-written `## Notes`).
 """
 
 import argparse
@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hgmldl.api import compose_config
 from hgmldl.commands.train import run
-from hgmldl.errors import UserError
+from hgmldl.errors import UserError, one_line_errors
 from hgmldl.figures import plot_history, save_figure
 from hgmldl.files import write_text_atomic
 from hgmldl.hardware import cpu_name
@@ -75,6 +75,7 @@ class Job:
         return " ".join(["python train.py", f"experiment={self.preset}", *self.overrides])
 
 
+@one_line_errors  # a bad override: one `error:` line
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
