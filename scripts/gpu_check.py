@@ -321,7 +321,8 @@ class Check:
                     result["compile_over_eager"] = round(
                         result["hgmldl_compile"]["median_s"] / result["hgmldl"]["median_s"], 3
                     )
-                checks[f"{model}: hgmldl ÷ plain ≤ {TARGET}"] = result["ratio"] <= TARGET
+                if not self.args.dry_run:  # epochs of a few updates on generated data time the overhead, not the speed
+                    checks[f"{model}: hgmldl ÷ plain ≤ {TARGET}"] = result["ratio"] <= TARGET
             else:
                 checks[f"{model}: ran"] = False
             results.append({"model": model, **result})

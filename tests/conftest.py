@@ -1,6 +1,7 @@
 """Shared fixtures: small generated IDX datasets and configs composed exactly as the commands compose them."""
 
 import gzip
+import importlib
 import os
 
 # One torch thread per process (this one, and the train.py processes and notebook kernels it starts, which inherit
@@ -10,6 +11,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import struct
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
@@ -44,6 +46,14 @@ def pytest_configure(config: pytest.Config) -> None:
 def accelerator(request: pytest.FixtureRequest) -> str:
     """The device of a test marked `cuda` (cpu, or gpu under --accelerator=gpu); cpu for every other test."""
     return request.config.getoption("accelerator") if request.node.get_closest_marker("cuda") else "cpu"
+
+
+@pytest.fixture
+def script(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
+    """Imports a module of scripts/ into this process, for what a subprocess cannot pretend (scripts/ is no package:
+    its modules import each other from their folder)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    return importlib.import_module
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
