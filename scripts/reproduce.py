@@ -5,13 +5,13 @@
     python scripts/reproduce.py data.idx_dir=~/mnist   # extra overrides go to every run
     python scripts/reproduce.py --quick --out /tmp/r   # every preset for one short epoch: checks the plumbing only
 
-Each run is `hgmldl.commands.train.run` on the config `python train.py experiment=<preset>` composes
-(hgmldl.api.compose_config), all in this one process; a preset that sets `hydra.sweeper.params` (ch7_2_optimizers)
-runs once per combination, as `-m` would. What the book prints for a preset, and the band ours should fall in, is
-the preset's `book:` node. A run whose config equals an earlier one's (ch7_2_optimizers' adam is ch7_2_adam) is not
-trained twice. A run that fails with a UserError (no MNIST offline) is reported as not run, and the others go on.
-Finished runs in --runs-dir are reused, so a second call with the same --runs-dir resumes, adds seeds, or
-(--report-only) only rewrites the report (keeping its hand-written `## Notes`).
+Each run is `hgmldl.commands.train.run` (7-1's baseline: `hgmldl.baseline.cross_validate_baseline`) on the config
+`python train.py experiment=<preset>` composes (hgmldl.api.compose_config), all in this one process; a preset that
+sets `hydra.sweeper.params` (ch7_2_optimizers) runs once per combination, as `-m` would. What the book prints for a
+preset, and the band ours should fall in, is the preset's `book:` node. A run whose config equals an earlier one's
+(ch7_2_optimizers' adam is ch7_2_adam) is not trained twice. A run that fails with a UserError (no MNIST offline)
+is reported as not run, and the others go on. Finished runs in --runs-dir are reused, so a second call with the same
+--runs-dir resumes, adds seeds, or (--report-only) only rewrites the report (keeping its hand-written `## Notes`).
 """
 
 import argparse
@@ -35,6 +35,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from hgmldl.api import compose_config
+from hgmldl.baseline import cross_validate_baseline
 from hgmldl.commands.train import run
 from hgmldl.errors import UserError, one_line_errors
 from hgmldl.figures import plot_history, save_figure
@@ -166,7 +167,10 @@ def run_job(
             continue
         print(f"{job.name} seed={seed} → {output_dir}", flush=True)
         try:  # a finished run in --runs-dir is reused: an interrupted reproduction goes on where it stopped
-            metrics = json.loads(finished.read_text()) if finished.exists() else run(cfg).metrics
+            if finished.exists():
+                metrics = json.loads(finished.read_text())
+            else:
+                metrics = cross_validate_baseline(cfg) if baseline else run(cfg).metrics
             history = read_history(output_dir / "history.csv") if (output_dir / "history.csv").exists() else []
             job.scores.append(scores(metrics, history) | reloaded(job.book, cfg, output_dir))
         except UserError as error:

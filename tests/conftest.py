@@ -9,6 +9,8 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import struct
+import sysconfig
+import venv
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
@@ -77,6 +79,25 @@ def make_idx_dataset(folder: Path, num_train: int = 500, num_test: int = 100, gz
         write_idx(folder / f"{split}-images-idx3-ubyte{suffix}", images, 2051)
         write_idx(folder / f"{split}-labels-idx1-ubyte{suffix}", labels, 2049)
     return folder
+
+
+def fresh_venv(folder: Path) -> Path:
+    """A fresh venv without hgmldl whose dependencies are this environment's; its python.
+
+    Its one .pth file lists this environment's site-packages, so torch, Lightning, pip and setuptools are there
+    without gigabytes of installing. A .pth line adds a folder to sys.path without reading the .pth files inside it,
+    so this environment's editable hgmldl stays invisible."""
+    venv.create(folder, with_pip=False)
+    (site,) = (folder / "lib").glob("python*/site-packages")
+    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return folder / "bin" / "python"
+
+
+def offline_pip_env() -> dict[str, str]:
+    """The environment for a fresh venv's pip: this one's, less PYTHONPATH, and offline (every dependency is
+    already there, and setuptools builds hgmldl without an isolated build that would download it)."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    return env | {"PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
 
 
 @pytest.fixture(scope="session")

@@ -103,7 +103,7 @@ def test_mnist_has_the_same_interface(tmp_path):
     data = MNISTDataModule(root=str(tmp_path / "root"), idx_dir=str(source), download=False)
     data.prepare_data()
     data.setup("fit")
-    assert (data.raw_dir.parent.name, len(data.train_labels), data.classes[0]) == ("MNIST", 32, "0 - zero")
+    assert (data.raw_dir.parent.name, len(data.train_labels), data.classes["en"][0]) == ("MNIST", 32, "0")
 
 
 def test_missing_data_names_the_package_and_idx_dir(tmp_path):

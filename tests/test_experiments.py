@@ -15,12 +15,14 @@ from sklearn.model_selection import cross_validate
 from torch import nn
 
 from hgmldl.api import compose_config
+from hgmldl.baseline import cross_validate_baseline
 from hgmldl.commands.train import run
 from hgmldl.errors import UserError
 from hgmldl.history import read_history
 from hgmldl.idx import read_idx
 from hgmldl.module import Classifier
 from tests.conftest import ROOT, make_idx_dataset
+from tests.test_train import train_py
 
 PRESETS = sorted(path.stem for path in (ROOT / "experiments").glob("*.yaml"))
 
@@ -102,9 +104,11 @@ def test_book_node_does_not_reach_training(make_cfg):
     assert "book" not in OmegaConf.to_container(cfg.model) and "book" not in cfg.callbacks
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=5, as in the book
-def test_sgd_baseline_cross_validates_all_training_images(make_cfg, tmp_path, idx_dir):
-    metrics = run(make_cfg("experiment=ch7_1_sgd_baseline")).metrics
+def test_sgd_baseline_cross_validates_all_training_images(tmp_path, idx_dir):
+    """`python train.py experiment=ch7_1_sgd_baseline` as a user runs it: 7-1's cross_validate on every training
+    image, its mean the run's last line and metrics.json's val_accuracy."""
+    result = train_py(tmp_path, idx_dir, "experiment=ch7_1_sgd_baseline")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
     images = read_idx(idx_dir / "train-images-idx3-ubyte.gz").reshape(-1, 784) / 255.0
     labels = read_idx(idx_dir / "train-labels-idx1-ubyte.gz")
     book = cross_validate(SGDClassifier(loss="log_loss", max_iter=5, random_state=42), images, labels)
@@ -112,13 +116,15 @@ def test_sgd_baseline_cross_validates_all_training_images(make_cfg, tmp_path, id
     assert metrics["fold_accuracies"] == pytest.approx(list(book["test_score"]))
     assert metrics["val_accuracy"] == pytest.approx(np.mean(book["test_score"]))
     assert metrics["params"] == 7_850
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
+    last = result.stdout.strip().splitlines()[-1]
+    assert f"cross-validated accuracy {np.mean(book['test_score']):.4f} (folds [" in last, last
+    assert not list(tmp_path.glob("checkpoints")) and not list(tmp_path.glob("history.csv"))  # no network trained
 
 
 def test_sgd_baseline_without_scikit_learn_says_what_to_install(make_cfg, monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.model_selection", None)  # makes the import fail
     with pytest.raises(UserError, match=r"^the SGD baseline needs scikit-learn: pip install 'hgmldl\[baseline\]'$"):
-        run(make_cfg("experiment=ch7_1_sgd_baseline"))
+        cross_validate_baseline(make_cfg("experiment=ch7_1_sgd_baseline"))
 
 
 def test_mnist_preset_offline_names_the_missing_files_and_the_fix(make_cfg, tmp_path):

