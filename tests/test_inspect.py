@@ -5,7 +5,6 @@ One CNN is trained for a few steps on the generated data (with logger=tensorboar
 
 import contextlib
 import csv
-import gzip
 import json
 import logging
 import re
@@ -17,8 +16,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from PIL import Image
 from safetensors import safe_open
@@ -31,6 +28,7 @@ from hgmldl.commands.train import run
 from hgmldl.data import FashionMNISTDataModule, MNISTDataModule
 from hgmldl.errors import UserError
 from hgmldl.history import read_history
+from hgmldl.idx import read_idx
 from hgmldl.images import read_image, split_images
 from hgmldl.module import Classifier
 from hgmldl.saving import load_checkpoint, load_weights, save_weights
@@ -59,27 +57,6 @@ def cnn_run(make_cfg, cnn_dir):
         steps = ("trainer.limit_train_batches=1", "steps_per_execution=1")
         run(make_cfg("model=cnn", *steps, "callbacks=default", "logger=tensorboard_full", output_dir=cnn_dir))
     return cnn_dir
-
-
-@pytest.fixture
-def app_cfg(idx_dir, tmp_path):
-    """compose(conf/<name>.yaml) as the entry point would, on the generated data, writing to tmp_path/out."""
-
-    def make(name, *overrides):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            return compose(
-                name,
-                overrides=[
-                    f"output_dir={tmp_path / 'out'}",
-                    f"data.root={tmp_path / 'data'}",
-                    f"data.idx_dir={idx_dir}",
-                    "data.download=false",
-                    *overrides,
-                ],
-            )
-
-    return make
 
 
 @pytest.fixture(scope="module")
@@ -283,8 +260,7 @@ def test_visualize_refuses_a_model_without_conv_layers(app_cfg, tmp_path):
 
 def test_show_data_draws_the_first_images_and_counts_classes(app_cfg, tmp_path, idx_dir):
     counts = show_data.run(app_cfg("show_data"))
-    with gzip.open(idx_dir / "train-labels-idx1-ubyte.gz") as file:
-        labels = np.frombuffer(file.read()[8:], np.uint8)
+    labels = read_idx(idx_dir / "train-labels-idx1-ubyte.gz")
     assert counts == np.bincount(labels, minlength=10).tolist()
     assert png_size(tmp_path / "out" / "samples.png") == (1000, 160)
 

@@ -1,6 +1,5 @@
 """End-to-end training on generated data: files written, best weights restored, checkpoints reload."""
 
-import csv
 import json
 import subprocess
 import sys
@@ -11,14 +10,9 @@ import torch
 from hydra.utils import instantiate
 
 from hgmldl.commands.train import run
+from hgmldl.history import read_history
 from hgmldl.module import Classifier
 from tests.conftest import ROOT, make_idx_dataset
-
-
-def read_history(path):
-    with open(path) as file:
-        return list(csv.DictReader(file))
-
 
 MODELS = ["softmax", "mlp", "deep_mlp", "dropout_mlp", "cnn", "dense512"]
 
@@ -29,9 +23,9 @@ def test_short_fit_of_every_model_writes_history_and_metrics(make_cfg, tmp_path,
     cfg = make_cfg(f"model={model}", "trainer.limit_train_batches=2", "callbacks=default")
     metrics = run(cfg).metrics
     rows = read_history(tmp_path / "run" / "history.csv")
-    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert [row["epoch"] for row in rows] == [0, 1]
     assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "time"}
-    assert all(0 <= float(row["val_accuracy"]) <= 1 and float(row["loss"]) > 0 for row in rows)
+    assert all(0 <= row["val_accuracy"] <= 1 and row["loss"] > 0 for row in rows)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved == pytest.approx(metrics)
     assert saved["epochs"] == 2
@@ -49,9 +43,9 @@ def test_restore_best_weights_leaves_the_best_checkpoints_weights(make_cfg, tmp_
     cfg = make_cfg("model=mlp", "optimizer=sgd", "optimizer.lr=2.0", "trainer.max_epochs=6")
     metrics, module, trainer = run(cfg)
     rows = read_history(tmp_path / "run" / "history.csv")
-    best_epoch = min(range(len(rows)), key=lambda i: float(rows[i]["val_loss"]))
+    best_epoch = min(range(len(rows)), key=lambda i: rows[i]["val_loss"])
     assert metrics["best_epoch"] == best_epoch
-    assert metrics["val_loss"] == pytest.approx(float(rows[best_epoch]["val_loss"]), rel=1e-5)
+    assert metrics["val_loss"] == pytest.approx(rows[best_epoch]["val_loss"], rel=1e-5)
     # The weights run() evaluated are those of best.ckpt, rebuilt from the file alone.
     best = Classifier.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)
     for name, tensor in best.state_dict().items():  # run() returns that module, and the Trainer that fitted it
