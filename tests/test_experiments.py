@@ -15,7 +15,6 @@ from sklearn.model_selection import cross_validate
 from torch import nn
 
 from hgmldl.api import compose_config
-from hgmldl.baseline import cross_validate_baseline
 from hgmldl.commands.train import run
 from hgmldl.errors import UserError
 from hgmldl.history import read_history
@@ -119,12 +118,6 @@ def test_sgd_baseline_cross_validates_all_training_images(tmp_path, idx_dir):
     last = result.stdout.strip().splitlines()[-1]
     assert f"cross-validated accuracy {np.mean(book['test_score']):.4f} (folds [" in last, last
     assert not list(tmp_path.glob("checkpoints")) and not list(tmp_path.glob("history.csv"))  # no network trained
-
-
-def test_sgd_baseline_without_scikit_learn_says_what_to_install(make_cfg, monkeypatch):
-    monkeypatch.setitem(sys.modules, "sklearn.model_selection", None)  # makes the import fail
-    with pytest.raises(UserError, match=r"^the SGD baseline needs scikit-learn: pip install 'hgmldl\[baseline\]'$"):
-        cross_validate_baseline(make_cfg("experiment=ch7_1_sgd_baseline"))
 
 
 def test_mnist_preset_offline_names_the_missing_files_and_the_fix(make_cfg, tmp_path):
@@ -274,4 +267,5 @@ def test_train_py_multirun_trains_one_job_per_optimizer(tmp_path):
         "nesterov",
         "rmsprop",
         "sgd",
+        "sgd_lr0.1",  # 7-2's SGD(learning_rate=0.1)
     ]
