@@ -8,6 +8,7 @@ import os
 # it): the test models are tiny, and on a 2-core machine a second thread per process only contends with the others.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import shutil
 import struct
 import sysconfig
 import venv
@@ -91,6 +92,19 @@ def fresh_venv(folder: Path) -> Path:
     (site,) = (folder / "lib").glob("python*/site-packages")
     (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     return folder / "bin" / "python"
+
+
+def copy_checkout(folder: Path) -> Path:
+    """A copy of what a clone of this repository holds that pip and hgmldl read (the notebooks' folder empty), so
+    that building hgmldl leaves nothing in this checkout."""
+    folder.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, folder / name)
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "notebooks")
+    for name in ("src", "conf", "experiments"):
+        shutil.copytree(ROOT / name, folder / name, ignore=skip)
+    (folder / "experiments" / "notebooks").mkdir()
+    return folder
 
 
 def offline_pip_env() -> dict[str, str]:

@@ -11,14 +11,13 @@ line adds a folder to sys.path without reading the .pth files inside it, so this
 invisible: the child checks that before it runs the cell."""
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from tests.conftest import ROOT, fresh_venv, make_idx_dataset, offline_pip_env
+from tests.conftest import ROOT, copy_checkout, fresh_venv, make_idx_dataset, offline_pip_env
 
 SET_UP_CELL = nbformat.read(ROOT / "experiments" / "notebooks" / "07-1.ipynb", as_version=4).cells[1].source
 REPOSITORY = "https://github.com/hgmldl/hgmldl"  # the address the cell installs from outside a checkout
@@ -54,16 +53,7 @@ def fresh_python(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def checkout(tmp_path: Path) -> Path:
-    """A copy of what a clone of this repository holds (what pip and hgmldl read), with the notebooks' folder."""
-    copy = tmp_path / "hgmldl-checkout"
-    copy.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, copy / name)
-    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "notebooks")
-    for name in ("src", "conf", "experiments"):
-        shutil.copytree(ROOT / name, copy / name, ignore=skip)
-    (copy / "experiments" / "notebooks").mkdir()
-    return copy
+    return copy_checkout(tmp_path / "hgmldl-checkout")
 
 
 def run_cell(python: Path, cell: str, folder: Path, colab: bool = False) -> dict:

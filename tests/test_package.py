@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, fresh_venv, make_idx_dataset, offline_pip_env
+from tests.conftest import ROOT, copy_checkout, fresh_venv, make_idx_dataset, offline_pip_env
 
 # What a user types after `pip install hgmldl` in a notebook or script of their own, in their own folder.
 USER_SCRIPT = """
@@ -35,7 +35,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("package")
     wheels = folder / "wheels"
     env = offline_pip_env()
-    build = ["pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(ROOT)]
+    source = copy_checkout(folder / "hgmldl")  # setuptools builds in the source folder (build/)
+    build = ["pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(wheels), str(source)]
     subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", *build], env=env, check=True, timeout=300)
     python = fresh_venv(folder / "venv")
     (wheel,) = wheels.glob("hgmldl-*.whl")
