@@ -27,7 +27,7 @@ from hgmldl.config import register_configs
 ROOT = Path(__file__).resolve().parents[1]
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
-register_configs(ROOT / "experiments")
+register_configs()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -64,7 +64,7 @@ class TrainSchema:
     book: Any = None  # a preset's book numbers and bands: scripts/reproduce.py reads them, training does not
 
 
-def register_configs(experiments_dir: Path = PRESETS_DIR) -> None:
+def register_configs() -> None:
     """Stores the schemas and every experiments/*.yaml as option of the group `experiment`.
 
     ConfigStore rather than hydra.searchpath keeps the group's name `experiment` and makes
@@ -73,7 +73,7 @@ def register_configs(experiments_dir: Path = PRESETS_DIR) -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)
     store.store(name="data_schema", node=data_schema())  # a base of conf/data/*.yaml, not a dataset to choose
-    for path in sorted(experiments_dir.glob("*.yaml")):
+    for path in sorted(PRESETS_DIR.glob("*.yaml")):
         store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
