@@ -3,23 +3,7 @@
 Options: conf/predict.yaml (`python predict.py --help`); the PNGs go to the Hydra run dir.
 """
 
-from pathlib import Path
-
-import hydra
-from omegaconf import DictConfig
-
-from hgmldl.commands.predict import run
-from hgmldl.config import register_configs
-from hgmldl.errors import one_line_errors
-
-register_configs(Path(__file__).parent / "experiments")
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    run(cfg)
-
+from hgmldl.commands.predict import main
 
 if __name__ == "__main__":
     main()

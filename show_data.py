@@ -4,23 +4,7 @@
 Options: conf/show_data.yaml (`data=mnist`, `classes=ko`); the PNG goes to the Hydra run dir.
 """
 
-from pathlib import Path
-
-import hydra
-from omegaconf import DictConfig
-
-from hgmldl.commands.show_data import run
-from hgmldl.config import register_configs
-from hgmldl.errors import one_line_errors
-
-register_configs(Path(__file__).parent / "experiments")
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="show_data")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    run(cfg)
-
+from hgmldl.commands.show_data import main
 
 if __name__ == "__main__":
     main()

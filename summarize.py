@@ -7,23 +7,7 @@ failed. Useful after a sweep that a failed job stopped, or one run before this s
 Options: conf/summarize.yaml (`python summarize.py --help`).
 """
 
-from pathlib import Path
-
-import hydra
-from omegaconf import DictConfig
-
-from hgmldl.commands.summarize import run
-from hgmldl.config import register_configs
-from hgmldl.errors import one_line_errors
-
-register_configs(Path(__file__).parent / "experiments")
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="summarize")
-@one_line_errors
-def main(cfg: DictConfig) -> None:
-    run(cfg)
-
+from hgmldl.commands.summarize import main
 
 if __name__ == "__main__":
     main()

@@ -5,12 +5,13 @@
     .venv/bin/python scripts/benchmark.py --quick --idx-dir DIR   # seconds, on generated IDX files (the tests)
 
 Each model runs as one `python train.py` process — the user's command, with its callbacks (checkpoints, History,
-EarlyStopping with a patience that never triggers) and TensorBoard logging — plus the `SideBySide` callback below.
-That callback runs one epoch of the plain loop between hgmldl's epochs, in the same process, on the same tensors,
-threads and device, so machine noise hits both sides alike. The other sides (hgmldl in bf16, hgmldl with one update
-per Lightning step, the book's Keras code in scripts/benchmark_keras.py) are processes of their own that take their
-turn after the plain loop's epoch: hgmldl 0, plain 0, bf16 0, Keras 0, hgmldl 1, … Only one side computes at a time;
-the others wait on a pipe. Start-up is the time from launching `python train.py` to its first training step.
+EarlyStopping with a patience that never triggers) and TensorBoard logging — plus scripts/side_by_side.py's
+`SideBySide` callback. That callback runs one epoch of the plain loop, the benchmark's floor, between hgmldl's
+epochs, in the same process, on the same tensors, threads and device, so machine noise hits both sides alike. The
+other sides (hgmldl in bf16, hgmldl with one update per Lightning step, the book's Keras code in
+scripts/benchmark_keras.py) are processes of their own that take their turn after the plain loop's epoch: hgmldl 0,
+plain 0, bf16 0, Keras 0, hgmldl 1, … Only one side computes at a time; the others wait on a pipe. Start-up is the
+time from launching `python train.py` to its first training step.
 """
 
 import argparse
@@ -18,7 +19,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -30,14 +30,12 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from hgmldl.api import compose_config
 from hgmldl.data import FashionMNISTDataModule
 from hgmldl.errors import UserError
-from hgmldl.hardware import BF16_FEATURES, check_cpu_bf16, cpu_has_native_bf16
-from hgmldl.models import keras_init_
+from hgmldl.hardware import BF16_FEATURES, check_cpu_bf16, cpu_has_native_bf16, cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -60,149 +58,6 @@ HGMLDL_VARIANTS = {
     "hgmldl_compile": ["compile=true"],
 }
 KERAS = "keras"
-
-
-def clock(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
-
-
-class PlainLoop:
-    """What a careful hand-written loop does: tensors in memory, one `randperm` per epoch, each minibatch gathered
-    with `index_select` (cheaper here than gathering the whole epoch and slicing it), channels-last convolutions,
-    zero_grad/backward/step per minibatch, loss and correct count summed on the device, a large-batch evaluation.
-    Same model, Keras initialisation, optimizer settings, data and batch sizes as the hgmldl run it sits in."""
-
-    def __init__(self, module: L.LightningModule, datamodule: L.LightningDataModule, seed: int) -> None:
-        self.data = datamodule
-        self.device = datamodule.train_images.device
-        torch.manual_seed(seed)
-        self.net = keras_init_(instantiate(module.hparams.model)).to(self.device, memory_format=torch.channels_last)
-        self.optimizer = instantiate(module.hparams.optimizer, params=self.net.parameters())
-        self.generator = torch.Generator(self.device).manual_seed(seed)
-        self.updates = 0
-
-    def epoch(self) -> dict[str, float]:
-        """One training epoch and one validation pass; returns the four History numbers."""
-        batch_size, eval_batch_size = self.data.batch_size, self.data.eval_batch_size
-        images, labels = self.data.train_images, self.data.train_labels
-        order = torch.randperm(len(labels), device=self.device, generator=self.generator)
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), dtype=torch.long, device=self.device)
-        self.net.train()
-        for indices in order.split(batch_size):
-            x, y = images.index_select(0, indices), labels.index_select(0, indices)
-            logits = self.net(x)
-            loss = F.cross_entropy(logits, y)
-            self.optimizer.zero_grad()
-            loss.backward()
-            self.optimizer.step()
-            loss_sum += loss.detach() * len(y)
-            correct += (logits.argmax(dim=1) == y).sum()
-            self.updates += 1
-        history = {"loss": float(loss_sum) / len(labels), "accuracy": float(correct) / len(labels)}
-        self.net.eval()
-        with torch.inference_mode():
-            val_loss, val_correct = 0.0, 0
-            for x, y in zip(
-                self.data.val_images.split(eval_batch_size), self.data.val_labels.split(eval_batch_size), strict=True
-            ):
-                logits = self.net(x)
-                val_loss += F.cross_entropy(logits, y, reduction="sum")
-                val_correct += (logits.argmax(dim=1) == y).sum()
-        count = len(self.data.val_labels)
-        return history | {"val_loss": float(val_loss) / count, "val_accuracy": float(val_correct) / count}
-
-
-class SideBySide(L.Callback):
-    """Times hgmldl's epochs start to start (training, validation, checkpoint, History, logging: everything the
-    Trainer does) and runs one plain-loop epoch in between, outside hgmldl's timed windows:
-    hgmldl 0, plain 0, hgmldl 1, plain 1, … The plain loop draws dropout from a forked RNG, so hgmldl's
-    trajectory is the one `train.py` alone gives. After the plain epoch each guest process (`guests`: pairs of
-    file descriptors, one to give it its turn, one it answers on) runs one epoch of its own while this one waits.
-    Writes everything to `out` when training ends."""
-
-    def __init__(self, out: str, guests: list[list[int]] | None = None) -> None:
-        self.out = Path(out)
-        self.guests = [(int(turn), int(done)) for turn, done in guests or []]
-        self.first_step_at: float | None = None
-        self.epoch_started = 0.0
-        self.hgmldl: dict[str, list] = {"epoch_seconds": [], "val_accuracy": []}
-        self.plain: dict[str, list] = {"epoch_seconds": [], "val_accuracy": []}
-        self.loop: PlainLoop | None = None
-        self.hgmldl_peak_rss_mb = 0.0
-
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, idx: int) -> None:
-        if self.first_step_at is None:
-            self.first_step_at = time.time()  # wall clock: compared with the launch time in the parent process
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch > 0:
-            self._between_epochs(trainer, pl_module)
-        self.epoch_started = clock(pl_module.device)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._between_epochs(trainer, pl_module)
-        result = {
-            "first_step_at": self.first_step_at,
-            "hgmldl_peak_rss_mb": self.hgmldl_peak_rss_mb,
-            "device": str(pl_module.device),
-            "threads": torch.get_num_threads(),
-            "tensorflow_imported": "tensorflow" in sys.modules,
-            "hgmldl": self.hgmldl | {"updates": trainer.global_step},
-            "plain": self.plain | {"updates": self.loop.updates},
-        }
-        self.out.write_text(json.dumps(result, indent=2) + "\n")
-
-    def _between_epochs(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.hgmldl["epoch_seconds"].append(clock(pl_module.device) - self.epoch_started)
-        self.hgmldl["val_accuracy"].append(float(trainer.callback_metrics["val_accuracy"]))
-        if self.loop is None:  # hgmldl's peak through set-up and a whole epoch, before the loop allocates anything
-            self.hgmldl_peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-        devices = [pl_module.device] if pl_module.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):
-            if self.loop is None:
-                self.loop = PlainLoop(pl_module, trainer.datamodule, seed=trainer.datamodule.seed)
-            started = clock(pl_module.device)
-            history = self.loop.epoch()
-            self.plain["epoch_seconds"].append(clock(pl_module.device) - started)
-        self.plain["val_accuracy"].append(history["val_accuracy"])
-        for turn, done in self.guests:
-            os.write(turn, b"t")
-            if not os.read(done, 1):
-                raise RuntimeError("a side-by-side process ended early; its log is in the benchmark's work folder")
-
-
-class TakeTurns(L.Callback):
-    """A guest hgmldl run (bf16, one update per step): says when it is ready, then waits for its turn before each
-    epoch, so it computes only while SideBySide's process waits. Times its epochs start to start, as SideBySide does."""
-
-    def __init__(self, out: str, turn_fd: int, done_fd: int) -> None:
-        self.out = Path(out)
-        self.turn_fd, self.done_fd = turn_fd, done_fd
-        self.epoch_started = 0.0
-        self.result: dict[str, list] = {"epoch_seconds": [], "val_accuracy": []}
-
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        os.write(self.done_fd, b"r")
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch > 0:
-            self._end_epoch(trainer, pl_module)
-            os.write(self.done_fd, b"d")
-        if not os.read(self.turn_fd, 1):
-            raise RuntimeError("the hgmldl run this one takes turns with has ended")
-        self.epoch_started = clock(pl_module.device)
-
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._end_epoch(trainer, pl_module)
-        self.out.write_text(json.dumps(self.result | {"updates": trainer.global_step}, indent=2) + "\n")
-        os.write(self.done_fd, b"d")
-
-    def _end_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.result["epoch_seconds"].append(clock(pl_module.device) - self.epoch_started)
-        self.result["val_accuracy"].append(float(trainer.callback_metrics["val_accuracy"]))
 
 
 def train_command(model: str, epochs: int, run_dir: Path, overrides: list[str]) -> list[str]:
@@ -287,7 +142,7 @@ def run_model(
                 work_dir / f"{model}.{side}",
                 [
                     *HGMLDL_VARIANTS[side],
-                    "+callbacks.take_turns._target_=benchmark.TakeTurns",
+                    "+callbacks.take_turns._target_=side_by_side.TakeTurns",
                     f"+callbacks.take_turns.out={out}",
                     f"+callbacks.take_turns.turn_fd={turn_read}",
                     f"+callbacks.take_turns.done_fd={done_write}",
@@ -307,7 +162,7 @@ def run_model(
         epochs,
         work_dir / model,
         [
-            "+callbacks.side_by_side._target_=benchmark.SideBySide",
+            "+callbacks.side_by_side._target_=side_by_side.SideBySide",
             f"+callbacks.side_by_side.out={out}",
             f"+callbacks.side_by_side.guests={[list(fds) for fds in host_fds]}".replace(" ", ""),
             *extra,
@@ -411,15 +266,6 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def cpu_name() -> str:
-    """The CPU's model name as Linux reports it (platform.processor() is often empty there)."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.processor() or platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
-
-
 def check_keras() -> None:
     """--keras needs TensorFlow (and scikit-learn, for the book's train_test_split) in this environment; looked
     up without importing either, so hgmldl's processes never load TensorFlow."""
@@ -506,7 +352,7 @@ def main() -> None:
         "load_average_at_start": load_at_start,
         "load_average_at_end": os.getloadavg(),
         "epochs": epochs,
-        "steps_per_execution": OmegaConf.load(ROOT / "conf" / "train.yaml").steps_per_execution,  # hgmldl's default
+        "steps_per_execution": compose_config("train", [], None).steps_per_execution,  # hgmldl's default
         "quick": args.quick,
         "results": results,
     }

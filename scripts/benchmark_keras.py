@@ -2,91 +2,28 @@
 
     python scripts/benchmark_keras.py MODEL --optimizer adam --batch-size 32 --epochs 5 --data DIR --out FILE
 
-Its own process, so TensorFlow never enters hgmldl's. The cells are 혼공머신 7-1 (softmax), 7-2 (mlp, the relu
-model), 7-3 (dropout_mlp, with its ModelCheckpoint and EarlyStopping), 8-2 (cnn, the same two callbacks) and Deep
-Learning with Python ch. 2 (dense512): the same layers, scaling, split, seed, compile() and fit() arguments. Three
-things differ, each as in hgmldl's run beside it: the data are the IDX files hgmldl reads (DIR), loaded with numpy
-as keras.datasets' load_data() does, with no download; every model validates each epoch on the 12,000 images
-split off (7-3 and 8-2 do; in Keras' default batches, the fit batch size); EarlyStopping's patience never runs out,
-so every side runs the same epochs. fit() prints one line per epoch (verbose=2), as hgmldl does without a progress
-bar. With --turn-fd/--done-fd each epoch waits for its turn
+Its own process, so TensorFlow never enters hgmldl's. The cells (scripts/keras_book.py) are 혼공머신 7-1 (softmax),
+7-2 (mlp, the relu model), 7-3 (dropout_mlp, with its ModelCheckpoint and EarlyStopping), 8-2 (cnn, the same two
+callbacks) and Deep Learning with Python ch. 2 (dense512): the same layers, scaling, split, seed, compile() and
+fit() arguments. Three things differ, each as in hgmldl's run beside it: the data are the IDX files hgmldl reads
+(DIR), read by hgmldl's reader into the arrays keras.datasets' load_data() returns, with no download; every model
+validates each epoch on the 12,000 images split off (7-3 and 8-2 do; in Keras' default batches, the fit batch
+size); EarlyStopping's patience never runs out, so every side runs the same epochs. fit() prints one line per
+epoch (verbose=2), as hgmldl does without a progress bar. With --turn-fd/--done-fd each epoch waits for its turn
 (see benchmark.py's SideBySide).
 """
 
 import argparse
-import gzip
 import json
 import os
 import time
 from pathlib import Path
 
-import numpy as np
+import keras
 import tensorflow as tf
-from sklearn.model_selection import train_test_split
-from tensorflow import keras
+from keras_book import MODELS, SEED, book_inputs, book_model, book_split, load_train
 
-SEED = 42  # the book's keras.utils.set_random_seed(42)
 NEVER = 1_000_000  # EarlyStopping's patience: it checks and keeps the best weights every epoch, never stops
-
-
-def load_idx(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(images, labels) of the `train` or `t10k` IDX files, as keras.datasets.fashion_mnist.load_data() reads them."""
-
-    def read(name: str) -> bytes:
-        path = next(p for p in (folder / name, folder / f"{name}.gz") if p.is_file())
-        return gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-
-    labels = np.frombuffer(read(f"{split}-labels-idx1-ubyte"), np.uint8, offset=8)
-    images = np.frombuffer(read(f"{split}-images-idx3-ubyte"), np.uint8, offset=16).reshape(len(labels), 28, 28)
-    return images, labels
-
-
-def book_inputs(model: str, train_input: np.ndarray) -> np.ndarray:
-    """Each cell's own scaling and shape (hg-mldl divides by 255.0 into float64, Deep Learning with Python casts to
-    float32 first); Keras converts to float32 itself."""
-    if model == "softmax":  # 7-1
-        return train_input.reshape(-1, 28 * 28) / 255.0
-    if model == "dense512":
-        return train_input.reshape(-1, 28 * 28).astype("float32") / 255
-    if model == "cnn":  # 8-2
-        return train_input.reshape(-1, 28, 28, 1) / 255.0
-    return train_input / 255.0  # 7-2, 7-3: Flatten(input_shape=(28, 28)) flattens
-
-
-def book_model(model: str) -> keras.Sequential:
-    """The book's Sequential, layer for layer. hg-mldl passes input_shape= to the first layer, which Keras 3
-    deprecates; keras.Input(shape=…) in front, as the book's second edition writes it, builds the same model."""
-    layers = keras.layers
-    if model == "softmax":  # 7-1: Dense(10, activation='softmax', input_shape=(784,))
-        stack = [keras.Input(shape=(784,)), layers.Dense(10, activation="softmax")]
-    elif model in ("mlp", "dropout_mlp"):  # 7-2's relu model; 7-3's model_fn(keras.layers.Dropout(0.3))
-        dropout = [layers.Dropout(0.3)] if model == "dropout_mlp" else []
-        stack = [
-            keras.Input(shape=(28, 28)),
-            layers.Flatten(),
-            layers.Dense(100, activation="relu"),
-            *dropout,
-            layers.Dense(10, activation="softmax"),
-        ]
-    elif model == "dense512":  # Deep Learning with Python ch. 2
-        stack = [
-            keras.Input(shape=(784,)),
-            layers.Dense(512, activation="relu"),
-            layers.Dense(10, activation="softmax"),
-        ]
-    else:  # cnn, 8-2
-        stack = [
-            keras.Input(shape=(28, 28, 1)),
-            layers.Conv2D(32, kernel_size=3, activation="relu", padding="same"),
-            layers.MaxPooling2D(2),
-            layers.Conv2D(64, kernel_size=(3, 3), activation="relu", padding="same"),
-            layers.MaxPooling2D(2),
-            layers.Flatten(),
-            layers.Dense(100, activation="relu"),
-            layers.Dropout(0.4),
-            layers.Dense(10, activation="softmax"),
-        ]
-    return keras.Sequential(stack)
 
 
 def book_callbacks(model: str, folder: Path) -> list[keras.callbacks.Callback]:
@@ -143,7 +80,7 @@ class Turns(keras.callbacks.Callback):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", choices=["softmax", "mlp", "dropout_mlp", "dense512", "cnn"])
+    parser.add_argument("model", choices=MODELS)
     parser.add_argument("--optimizer", required=True, help="compile()'s optimizer name: rmsprop or adam")
     parser.add_argument("--batch-size", type=int, required=True)
     parser.add_argument("--epochs", type=int, required=True)
@@ -161,11 +98,9 @@ def main() -> None:
     if args.model in ("softmax", "mlp", "dropout_mlp"):  # 7-1, 7-2 and 7-3 ask for it; 8-2 and DLP do not
         tf.config.experimental.enable_op_determinism()
 
-    train_input, train_target = load_idx(args.data, "train")
+    train_input, train_target = load_train(args.data)
     train_scaled = book_inputs(args.model, train_input)
-    train_scaled, val_scaled, train_target, val_target = train_test_split(
-        train_scaled, train_target, test_size=0.2, random_state=42
-    )
+    train_scaled, val_scaled, train_target, val_target = book_split(train_scaled, train_target)
     model = book_model(args.model)
     model.compile(optimizer=args.optimizer, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     turns = Turns(args.out, args.turn_fd, args.done_fd)

@@ -1,29 +1,30 @@
 """Records what Keras 3's own `fit` computes, step by step, for tests/test_keras_golden.py (tests/golden/*.npz).
 
-Runs in an environment of its own with pyproject's `bench` extra (TensorFlow, scikit-learn), not in hgmldl's: the
-tests compare against the committed files and never need TensorFlow.
+Runs in an environment of its own with pyproject's `bench` extra (TensorFlow, scikit-learn) and hgmldl without its
+dependencies (hgmldl.idx reads the data with numpy alone), not in the one hgmldl trains in: the tests compare against
+the committed files and never need TensorFlow.
 
     python3 -m venv ~/kerasenv && ~/kerasenv/bin/pip install tensorflow-cpu scikit-learn
+    ~/kerasenv/bin/pip install --no-deps -e .
     ~/kerasenv/bin/python scripts/record_keras_golden.py [--idx-dir /usr/share/datasets/fashion-mnist]
 
 For each book model (softmax, mlp, dropout_mlp, cnn) and optimizer (sgd, nesterov, adagrad, rmsprop, adam) it runs
-the book's code — set_random_seed(42) and enable_op_determinism(), the model, compile, fit(batch_size=32) on the
-book's 48,000-image split — and stops fit after STEPS steps. From inside fit it records the minibatches fed
-(as indices into the train split), each step's loss (the value fit differentiates; logs['loss'] is a running mean)
-and Dropout's masks; after the last step, the weights. Keras' initial weights are stored once per model (seed 42
-draws the same ones for every optimizer). A plain run of the book's model without the recording layers checks that
-recording changes nothing. docs/keras_parity.md has the measured agreement.
+the book's code (scripts/keras_book.py) — set_random_seed(42) and enable_op_determinism(), the model, compile,
+fit(batch_size=32) on the book's 48,000-image split — and stops fit after STEPS steps. From inside fit it records
+the minibatches fed (as indices into the train split), each step's loss (the value fit differentiates; logs['loss']
+is a running mean) and Dropout's masks; after the last step, the weights. Keras' initial weights are stored once per
+model (seed 42 draws the same ones for every optimizer). A plain run of the book's model without the recording
+layers checks that recording changes nothing. docs/keras_parity.md has the measured agreement.
 """
 
 import argparse
-import gzip
 import json
 from pathlib import Path
 
 import keras
 import numpy as np
 import tensorflow as tf
-from sklearn.model_selection import train_test_split
+from keras_book import SEED, book_inputs, book_model, book_split, load_train
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH_SIZE = 32
@@ -38,38 +39,11 @@ OPTIMIZERS = {  # 혼공머신 7-2's compile(optimizer=…) calls; the book's 'r
 SAMPLE = 2048  # a larger weight tensor is stored at this many fixed positions, with its sum of |change|
 
 
-def book_model(name: str, sequential: type = keras.Sequential, dropout: type = keras.layers.Dropout) -> keras.Model:
-    """7-1's single layer, 7-2/7-3's model_fn() and model_fn(Dropout(0.3)), 8-2's CNN, as the book builds them."""
-    Dense, Dropout = keras.layers.Dense, dropout  # noqa: N806
-    if name == "softmax":
-        return sequential([keras.Input((784,)), Dense(10, activation="softmax")])
-    if name in ("mlp", "dropout_mlp"):
-        hidden = [Dense(100, activation="relu")] + ([Dropout(0.3)] if name == "dropout_mlp" else [])
-        return sequential([keras.Input((28, 28)), keras.layers.Flatten(), *hidden, Dense(10, activation="softmax")])
-    return sequential(
-        [
-            keras.Input((28, 28, 1)),
-            keras.layers.Conv2D(32, kernel_size=3, activation="relu", padding="same"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Conv2D(64, kernel_size=(3, 3), activation="relu", padding="same"),
-            keras.layers.MaxPooling2D(2),
-            keras.layers.Flatten(),
-            Dense(100, activation="relu"),
-            Dropout(0.4),
-            Dense(10, activation="softmax"),
-        ]
-    )
-
-
 def book_data(idx_dir: Path, model: str) -> tuple[np.ndarray, np.ndarray]:
     """fashion_mnist.load_data()'s training set, `/ 255.0`, shaped for the model, train_test_split's 48,000."""
-    with gzip.open(idx_dir / "train-images-idx3-ubyte.gz") as file:
-        images = np.frombuffer(file.read(), np.uint8, offset=16).reshape(-1, 28, 28)
-    with gzip.open(idx_dir / "train-labels-idx1-ubyte.gz") as file:
-        labels = np.frombuffer(file.read(), np.uint8, offset=8)
-    scaled = images / 255.0
-    scaled = {"softmax": scaled.reshape(-1, 784), "cnn": scaled.reshape(-1, 28, 28, 1)}.get(model, scaled)
-    train_scaled, _, train_target, _ = train_test_split(scaled, labels, test_size=0.2, random_state=42)
+    images, labels = load_train(idx_dir)
+    scaled = book_inputs(model, images)
+    train_scaled, _, train_target, _ = book_split(scaled, labels)
     # hgmldl.data.book_split's train indices, in the same order: the golden indices point into both.
     order = np.random.RandomState(42).permutation(len(labels))[12_000:]
     assert np.array_equal(train_target, labels[order]) and np.array_equal(train_scaled, scaled[order])
@@ -120,7 +94,7 @@ class Stop(keras.callbacks.Callback):
 
 def start() -> None:
     """The book's first cell."""
-    keras.utils.set_random_seed(42)
+    keras.utils.set_random_seed(SEED)
     tf.config.experimental.enable_op_determinism()
 
 

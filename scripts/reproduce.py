@@ -5,13 +5,13 @@
     python scripts/reproduce.py data.idx_dir=~/mnist   # extra overrides go to every run
     python scripts/reproduce.py --quick --out /tmp/r   # every preset for one short epoch: checks the plumbing only
 
-Each run is `hgmldl.commands.train.run` on the config `python train.py experiment=<preset>` composes (Hydra's Compose API),
-all in this one process; a preset that sets `hydra.sweeper.params` (ch7_2_optimizers) runs once per combination,
-as `-m` would. What the book prints for a preset, and the band ours should fall in, is the preset's `book:` node.
-A run whose config equals an earlier one's (ch7_2_optimizers' adam is ch7_2_adam) is not trained twice.
-A run that fails with a UserError (no MNIST offline) is reported as not run, and the others go on. Finished runs
-in --runs-dir are reused, so a second call with the same --runs-dir resumes, adds seeds, or (--report-only) only
-rewrites the report (keeping its hand-written `## Notes`).
+Each run is `hgmldl.commands.train.run` (7-1's baseline: `hgmldl.baseline.cross_validate_baseline`) on the config
+`python train.py experiment=<preset>` composes (hgmldl.api.compose_config), all in this one process; a preset that
+sets `hydra.sweeper.params` (ch7_2_optimizers) runs once per combination, as `-m` would. What the book prints for a
+preset, and the band ours should fall in, is the preset's `book:` node. A run whose config equals an earlier one's
+(ch7_2_optimizers' adam is ch7_2_adam) is not trained twice. A run that fails with a UserError (no MNIST offline)
+is reported as not run, and the others go on. Finished runs in --runs-dir are reused, so a second call with the same
+--runs-dir resumes, adds seeds, or (--report-only) only rewrites the report (keeping its hand-written `## Notes`).
 """
 
 import argparse
@@ -30,16 +30,17 @@ from typing import Any
 import hydra
 import lightning
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from hgmldl.api import compose_config
+from hgmldl.baseline import cross_validate_baseline
 from hgmldl.commands.train import run
-from hgmldl.config import register_configs
-from hgmldl.errors import UserError
+from hgmldl.errors import UserError, one_line_errors
 from hgmldl.figures import plot_history, save_figure
 from hgmldl.files import write_text_atomic
+from hgmldl.hardware import cpu_name
 from hgmldl.history import read_history
 from hgmldl.saving import load_checkpoint
 
@@ -75,10 +76,10 @@ class Job:
         return " ".join(["python train.py", f"experiment={self.preset}", *self.overrides])
 
 
+@one_line_errors  # a bad override: one `error:` line
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    register_configs(ROOT / "experiments")
     found = sorted(path.stem for path in (ROOT / "experiments").glob("*.yaml"))
     unknown = set(args.only or []) - set(found)
     if unknown:
@@ -90,13 +91,12 @@ def main(argv: list[str] | None = None) -> None:
     started, start = datetime.datetime.now(datetime.UTC), time.perf_counter()
     jobs: list[Job] = []
     trained: dict[str, Path] = {}  # config → the run folder that trained it
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        for preset in presets:
-            preset_start = time.perf_counter()
-            for job in sweep_jobs(preset, overrides):
-                run_job(job, seeds, overrides, runs_dir, trained, train=not args.report_only)
-                jobs.append(job)
-            print(f"{preset}: {time.perf_counter() - preset_start:.0f} s", flush=True)
+    for preset in presets:
+        preset_start = time.perf_counter()
+        for job in sweep_jobs(preset, overrides):
+            run_job(job, seeds, overrides, runs_dir, trained, train=not args.report_only)
+            jobs.append(job)
+        print(f"{preset}: {time.perf_counter() - preset_start:.0f} s", flush=True)
     print(f"all presets: {time.perf_counter() - start:.0f} s", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     for preset in presets:
@@ -122,10 +122,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def sweep_jobs(preset: str, overrides: list[str]) -> list[Job]:
-    """One job per combination of the preset's `hydra.sweeper.params`, in the order `-m` runs them."""
-    cfg = compose("train", [f"experiment={preset}", *overrides], return_hydra_config=True)
+    """One job per combination of the preset's `hydra.sweeper.params` (read from its file: a composed config has no
+    `hydra` node), in the order `-m` runs them."""
+    cfg = compose_config("train", [f"experiment={preset}", *overrides], output_dir=None)
     book = OmegaConf.to_container(cfg.book) if cfg.get("book") else [{"key": "val_accuracy", "what": ""}]
-    params = cfg.hydra.sweeper.params or {}
+    params = OmegaConf.select(OmegaConf.load(ROOT / "experiments" / f"{preset}.yaml"), "hydra.sweeper.params") or {}
     choices = [
         [f"{sweep.get_key_element()}={value}" for value in sweep.sweep_string_iterator()]
         if sweep.is_sweep_override()
@@ -138,10 +139,10 @@ def sweep_jobs(preset: str, overrides: list[str]) -> list[Job]:
 def run_job(
     job: Job, seeds: list[int], overrides: list[str], runs_dir: Path, trained: dict[str, Path], train: bool = True
 ) -> None:
-    baseline = compose("train", [f"experiment={job.preset}", *overrides]).get("baseline") is not None
+    baseline = compose_config("train", [f"experiment={job.preset}", *overrides], None).get("baseline") is not None
     for seed in seeds[:1] if baseline else seeds:  # the baseline's random_state is fixed: one run says it all
         output_dir = runs_dir / "_".join([job.preset, *job.overrides]).replace("=", "-") / f"seed{seed}"
-        cfg = compose(
+        cfg = compose_config(
             "train",
             [
                 f"experiment={job.preset}",
@@ -151,10 +152,13 @@ def run_job(
                 "~logger",  # history.csv holds every curve the report needs
                 *overrides,
             ],
+            output_dir,
         )
         # The same config and seed train the same weights: ch7_2_optimizers' rmsprop and adam are ch7_2_relu and
         # ch7_2_adam, ch7_3_checkpoint is ch7_3_dropout; their runs are reported again, not trained again.
-        identity = OmegaConf.to_yaml(OmegaConf.masked_copy(cfg, [key for key in cfg if key != "book"]))
+        identity = OmegaConf.to_yaml(
+            OmegaConf.masked_copy(cfg, [key for key in cfg if key not in ("book", "output_dir")])
+        )
         output_dir = trained.setdefault(identity, output_dir)
         cfg.output_dir = str(output_dir)
         finished, failed = output_dir / "metrics.json", output_dir / "error.txt"
@@ -163,7 +167,10 @@ def run_job(
             continue
         print(f"{job.name} seed={seed} → {output_dir}", flush=True)
         try:  # a finished run in --runs-dir is reused: an interrupted reproduction goes on where it stopped
-            metrics = json.loads(finished.read_text()) if finished.exists() else run(cfg).metrics
+            if finished.exists():
+                metrics = json.loads(finished.read_text())
+            else:
+                metrics = cross_validate_baseline(cfg) if baseline else run(cfg).metrics
             history = read_history(output_dir / "history.csv") if (output_dir / "history.csv").exists() else []
             job.scores.append(scores(metrics, history) | reloaded(job.book, cfg, output_dir))
         except UserError as error:
@@ -248,6 +255,17 @@ def label(entry: dict[str, Any]) -> str:
     return f"{entry['key']} of {entry['checkpoint']}.ckpt reloaded" if entry.get("checkpoint") else entry["key"]
 
 
+def entry_values(job: Job, entry: dict[str, Any]) -> list[Any]:
+    """The job's number for one `book:` entry, a seed each (where the run had it)."""
+    return [score[score_key(entry)] for score in job.scores if score_key(entry) in score]
+
+
+def in_band(entry: dict[str, Any], mean: float) -> bool | None:
+    """Whether our mean falls in the band of the book's printed runs; None where the entry gives no band."""
+    band = entry.get("band")
+    return None if band is None else band[0] <= mean <= band[1]
+
+
 def book_cell(entry: dict[str, Any]) -> str:
     if entry.get("value") is None:
         return f"– ({entry['what']})" if entry["what"] else "–"
@@ -262,7 +280,7 @@ def table_row(job: Job) -> str:
         return f"| {job.name} | `{job.command}` | {book} | {ours} | | | | | | |"
     ours, inside = [], []
     for entry in job.book:
-        values = [score[score_key(entry)] for score in job.scores if score_key(entry) in score]
+        values = entry_values(job, entry)
         if not values:  # e.g. val_loss[19] of a run shorter than 20 epochs (--quick)
             ours.append(f"{label(entry)} –")
             inside.append("–")
@@ -271,8 +289,8 @@ def table_row(job: Job) -> str:
         mean = statistics.mean(values)
         spread = f" ± {statistics.stdev(values):.{digits}f}" if len(values) > 1 else ""
         ours.append(f"{label(entry)} {mean:.{digits}f}{spread} (n={len(values)})")
-        band = entry.get("band")
-        inside.append("–" if band is None else "inside" if band[0] <= mean <= band[1] else "**outside**")
+        within = in_band(entry, mean)
+        inside.append("–" if within is None else "inside" if within else "**outside**")
     epochs = ", ".join(
         f"{s['epochs']} ({s['stopped_epoch']})" if s["stopped_epoch"] else str(s["epochs"])
         for s in job.scores
@@ -289,11 +307,7 @@ def device() -> str:
     """The GPU's name, or the CPU's model and the threads torch uses."""
     if torch.cuda.is_available():
         return torch.cuda.get_device_name()
-    cpuinfo = Path("/proc/cpuinfo")
-    models = [
-        line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")
-    ]
-    return f"CPU: {models[0] if models else platform.machine()}, torch threads: {torch.get_num_threads()}"
+    return f"CPU: {cpu_name()}, torch threads: {torch.get_num_threads()}"
 
 
 if __name__ == "__main__":

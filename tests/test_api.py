@@ -11,6 +11,7 @@ import torch.nn.functional as F
 import hgmldl
 from hgmldl.data import FashionMNISTDataModule
 from hgmldl.errors import UserError
+from hgmldl.hparams import hyperparameters
 from hgmldl.models import cnn, mlp
 
 
@@ -208,6 +209,14 @@ def test_tensorboard_hparams_show_the_choices_under_readable_names(small: list[s
         "epochs": 1,
         "seed": 42,
     }
+
+
+def test_hparams_show_an_absent_choice_as_none(make_cfg) -> None:
+    """7-1's softmax model has no hidden layer: TensorBoard's HParams filter shows a plain `none`, which a reader can
+    type into the filter, not a JSON-escaped dash."""
+    params = hyperparameters(make_cfg("model=softmax"))
+    assert (params["model"], params["hidden_units"], params["activation"]) == ("softmax", "none", "none")
+    assert all(value.isascii() for value in params.values() if isinstance(value, str))
 
 
 def test_lightnings_own_objects_train_what_fit_trains(small: list[str], idx_dir: Path, tmp_path: Path, caplog) -> None:

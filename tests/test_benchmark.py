@@ -22,12 +22,8 @@ BENCHMARK = [sys.executable, "scripts/benchmark.py"]
 
 
 @pytest.fixture
-def benchmark(monkeypatch):
-    """scripts/benchmark.py imported into this process, for what a subprocess cannot pretend."""
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import benchmark
-
-    return benchmark
+def benchmark(script):
+    return script("benchmark")
 
 
 @pytest.mark.slow  # four train.py processes side by side: a minute on 2 cores

@@ -12,10 +12,18 @@ from omegaconf import OmegaConf
 from sklearn.model_selection import train_test_split
 from torch.utils.data import DistributedSampler
 
-from hgmldl.data import SHUFFLES, FashionMNISTDataModule, KerasSeededSampler, MNISTDataModule, TensorBatches, book_split
+from hgmldl.data import (
+    SHUFFLES,
+    FashionMNISTDataModule,
+    KerasSeededSampler,
+    MNISTDataModule,
+    TensorBatches,
+    book_split,
+)
 from hgmldl.errors import UserError
+from hgmldl.idx import read_idx
 from hgmldl.module import Classifier
-from tests.conftest import make_idx_dataset
+from tests.conftest import make_idx_dataset, write_idx
 
 
 @pytest.mark.parametrize("num_samples", [60_000, 500, 101])
@@ -48,12 +56,27 @@ def test_idx_dir_is_laid_out_for_torchvision(tmp_path, gz):
     assert data.train_images.shape == (40, 1, 28, 28) and data.train_images.dtype == torch.float32
     assert data.train_images.min() >= 0 and data.train_images.max() <= 1
     # The pixels are the file's bytes / 255, in the book's split order.
-    with (
-        gzip.open(source / "train-images-idx3-ubyte.gz") if gz else open(source / "train-images-idx3-ubyte", "rb") as f
-    ):
-        raw = np.frombuffer(f.read(), np.uint8, offset=16).reshape(50, 28, 28)
+    raw = read_idx(source / f"train-images-idx3-ubyte{'.gz' if gz else ''}")
     train, _ = book_split(50)
     torch.testing.assert_close(data.train_images[:, 0], torch.from_numpy(raw[train] / 255.0).float())
+
+
+@pytest.mark.parametrize("suffix", [".gz", ""])
+def test_read_idx_returns_the_array_written(tmp_path, suffix):
+    images = np.arange(3 * 28 * 28).reshape(3, 28, 28) % 256
+    write_idx(tmp_path / f"images{suffix}", images, 2051)
+    write_idx(tmp_path / f"labels{suffix}", np.array([9, 0, 4]), 2049)
+    read = read_idx(tmp_path / f"images{suffix}")
+    assert read.dtype == np.uint8 and read.shape == (3, 28, 28)
+    np.testing.assert_array_equal(read, images)
+    np.testing.assert_array_equal(read_idx(tmp_path / f"labels{suffix}"), [9, 0, 4])
+
+
+def test_read_idx_of_a_truncated_file_is_one_line(tmp_path):
+    write_idx(tmp_path / "images.gz", np.zeros((3, 28, 28)), 2051)
+    (tmp_path / "short.gz").write_bytes(gzip.compress(gzip.decompress((tmp_path / "images.gz").read_bytes())[:-1]))
+    with pytest.raises(UserError, match=r"short.gz is 2367 bytes, its header promises 2368; the file is truncated"):
+        read_idx(tmp_path / "short.gz")
 
 
 def test_root_layout_is_used_without_any_source(tmp_path):
@@ -80,7 +103,7 @@ def test_mnist_has_the_same_interface(tmp_path):
     data = MNISTDataModule(root=str(tmp_path / "root"), idx_dir=str(source), download=False)
     data.prepare_data()
     data.setup("fit")
-    assert (data.raw_dir.parent.name, len(data.train_labels), data.classes[0]) == ("MNIST", 32, "0 - zero")
+    assert (data.raw_dir.parent.name, len(data.train_labels), data.classes["en"][0]) == ("MNIST", 32, "0")
 
 
 def test_missing_data_names_the_package_and_idx_dir(tmp_path):

@@ -8,19 +8,20 @@ import sys
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from sklearn.linear_model import SGDClassifier
 from sklearn.model_selection import cross_validate
 from torch import nn
 
+from hgmldl.api import compose_config
 from hgmldl.commands.train import run
 from hgmldl.errors import UserError
+from hgmldl.history import read_history
+from hgmldl.idx import read_idx
 from hgmldl.module import Classifier
 from tests.conftest import ROOT, make_idx_dataset
-from tests.test_train import read_history
+from tests.test_train import train_py
 
 PRESETS = sorted(path.stem for path in (ROOT / "experiments").glob("*.yaml"))
 
@@ -43,11 +44,9 @@ BOOK = {
 }
 
 
-def compose_preset(name: str, *overrides: str, hydra_node: bool = False):
+def compose_preset(name: str, *overrides: str):
     """The config `python train.py experiment=<name>` runs, with the preset's own epochs (make_cfg shortens them)."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose("train", [f"experiment={name}", *overrides], return_hydra_config=hydra_node)
+    return compose_config("train", [f"experiment={name}", *overrides], output_dir="unused")
 
 
 def test_every_book_section_has_a_preset():
@@ -57,7 +56,7 @@ def test_every_book_section_has_a_preset():
 @pytest.mark.parametrize("name", sorted(BOOK))
 def test_preset_composes_to_the_books_model(name):
     params, optimizer, epochs, early_stopping, activations = BOOK[name]
-    cfg = compose_preset(name, "output_dir=unused")
+    cfg = compose_preset(name)
     module = Classifier(OmegaConf.to_container(cfg.model, resolve=True), OmegaConf.to_container(cfg.optimizer))
     assert sum(p.numel() for p in module.parameters()) == params
     assert [type(layer) for layer in module.net if type(layer) in (nn.ReLU, nn.Sigmoid, nn.Dropout)] == activations
@@ -77,8 +76,9 @@ def test_sgd_baseline_preset_is_the_books_estimator():
 
 
 def test_optimizers_preset_sweeps_the_six_optimizers_of_7_2():
-    cfg = compose_preset("ch7_2_optimizers", hydra_node=True)
-    assert cfg.hydra.sweeper.params == {"optimizer": "sgd,sgd_lr0.1,nesterov,adagrad,rmsprop,adam"}
+    # The sweep `python train.py -m` and scripts/reproduce.py run (compose_config leaves out the `hydra` node).
+    preset = OmegaConf.load(ROOT / "experiments" / "ch7_2_optimizers.yaml")
+    assert preset.hydra.sweeper.params == {"optimizer": "sgd,sgd_lr0.1,nesterov,adagrad,rmsprop,adam"}
     sgd = compose_preset("ch7_2_optimizers", "optimizer=sgd_lr0.1").optimizer
     assert (sgd._target_, sgd.lr, sgd.momentum) == ("torch.optim.SGD", 0.1, 0.0)  # SGD(learning_rate=0.1)
 
@@ -103,32 +103,21 @@ def test_book_node_does_not_reach_training(make_cfg):
     assert "book" not in OmegaConf.to_container(cfg.model) and "book" not in cfg.callbacks
 
 
-@pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # max_iter=5, as in the book
-def test_sgd_baseline_cross_validates_all_training_images(make_cfg, tmp_path, idx_dir):
-    metrics = run(make_cfg("experiment=ch7_1_sgd_baseline")).metrics
-    images = read_idx_images(tmp_path / "data") / 255.0
-    labels = read_idx_labels(tmp_path / "data")
+def test_sgd_baseline_cross_validates_all_training_images(tmp_path, idx_dir):
+    """`python train.py experiment=ch7_1_sgd_baseline` as a user runs it: 7-1's cross_validate on every training
+    image, its mean the run's last line and metrics.json's val_accuracy."""
+    result = train_py(tmp_path, idx_dir, "experiment=ch7_1_sgd_baseline")
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    images = read_idx(idx_dir / "train-images-idx3-ubyte.gz").reshape(-1, 784) / 255.0
+    labels = read_idx(idx_dir / "train-labels-idx1-ubyte.gz")
     book = cross_validate(SGDClassifier(loss="log_loss", max_iter=5, random_state=42), images, labels)
     assert len(metrics["fold_accuracies"]) == 5
     assert metrics["fold_accuracies"] == pytest.approx(list(book["test_score"]))
     assert metrics["val_accuracy"] == pytest.approx(np.mean(book["test_score"]))
     assert metrics["params"] == 7_850
-    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == metrics
-
-
-def read_idx_images(root):
-    raw = (root / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").read_bytes()
-    return np.frombuffer(raw, dtype=np.uint8, offset=16).reshape(-1, 784).astype(np.float64)
-
-
-def read_idx_labels(root):
-    return np.frombuffer((root / "FashionMNIST" / "raw" / "train-labels-idx1-ubyte").read_bytes(), np.uint8, offset=8)
-
-
-def test_sgd_baseline_without_scikit_learn_says_what_to_install(make_cfg, monkeypatch):
-    monkeypatch.setitem(sys.modules, "sklearn.model_selection", None)  # makes the import fail
-    with pytest.raises(UserError, match=r"^the SGD baseline needs scikit-learn: pip install 'hgmldl\[baseline\]'$"):
-        run(make_cfg("experiment=ch7_1_sgd_baseline"))
+    last = result.stdout.strip().splitlines()[-1]
+    assert f"cross-validated accuracy {np.mean(book['test_score']):.4f} (folds [" in last, last
+    assert not list(tmp_path.glob("checkpoints")) and not list(tmp_path.glob("history.csv"))  # no network trained
 
 
 def test_mnist_preset_offline_names_the_missing_files_and_the_fix(make_cfg, tmp_path):
@@ -232,13 +221,13 @@ def test_save_load_and_checkpoint_rows_come_from_the_reloaded_checkpoint(reprodu
     run_dir = tmp_path / "runs" / "ch7_3_save_load" / "seed42"
     assert not (tmp_path / "runs" / "ch7_3_checkpoint").exists()
     history = read_history(run_dir / "history.csv")
-    best = max(range(4), key=lambda i: float(history[i]["val_loss"]))
+    best = max(range(4), key=lambda i: history[i]["val_loss"])
     assert best != 3
     for row, which, epoch in zip(rows, ["last", "best"], [3, best], strict=True):
         reloaded = json.loads((run_dir / f"reloaded_{which}.json").read_text())
         assert row[3] == f"val_accuracy of {which}.ckpt reloaded {reloaded['val_accuracy']:.4f} (n=1)"
-        assert reloaded["val_loss"] == pytest.approx(float(history[epoch]["val_loss"]), rel=1e-5)
-        assert reloaded["val_accuracy"] == pytest.approx(float(history[epoch]["val_accuracy"]), abs=1e-6)
+        assert reloaded["val_loss"] == pytest.approx(history[epoch]["val_loss"], rel=1e-5)
+        assert reloaded["val_accuracy"] == pytest.approx(history[epoch]["val_accuracy"], abs=1e-6)
 
 
 def test_reproduction_reports_a_preset_that_cannot_run(reproduce, tmp_path):
@@ -278,4 +267,5 @@ def test_train_py_multirun_trains_one_job_per_optimizer(tmp_path):
         "nesterov",
         "rmsprop",
         "sgd",
+        "sgd_lr0.1",  # 7-2's SGD(learning_rate=0.1)
     ]

@@ -19,9 +19,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 
+from hgmldl.api import compose_config
 from hgmldl.commands.train import build_trainer, run
 from hgmldl.errors import UserError
 from hgmldl.files import AtomicCheckpointIO, write_text_atomic
@@ -230,9 +229,7 @@ def test_runs_killed_mid_write_or_at_random_moments_leave_loadable_files_and_res
     last = run_dirs[0] / "checkpoints" / "last.ckpt"
     epochs = torch.load(last, weights_only=True)["epoch"] + 2
     overrides[2] = f"trainer.max_epochs={epochs}"
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", [f"output_dir={run_dirs[0]}", f"ckpt_path={last}", *overrides])
+    cfg = compose_config("train", [f"ckpt_path={last}", *overrides], output_dir=run_dirs[0])
     assert run(cfg).metrics["epochs"] == epochs
     assert_outputs_intact(run_dirs[0])
     assert json.loads((run_dirs[0] / "metrics.json").read_text())["epochs"] == epochs

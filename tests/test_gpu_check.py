@@ -14,12 +14,9 @@ GPU_CHECK = [sys.executable, "scripts/gpu_check.py"]
 
 
 @pytest.fixture
-def gpu_check(monkeypatch):
+def gpu_check(script):
     """scripts/gpu_check.py imported into this process (its dry run, without a second start-up)."""
-    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
-    import gpu_check
-
-    return gpu_check
+    return script("gpu_check")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is here: the script measures it instead")

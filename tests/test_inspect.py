@@ -5,7 +5,6 @@ One CNN is trained for a few steps on the generated data (with logger=tensorboar
 
 import contextlib
 import csv
-import gzip
 import json
 import logging
 import re
@@ -17,8 +16,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from PIL import Image
 from safetensors import safe_open
@@ -28,8 +25,10 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from hgmldl import figures
 from hgmldl.commands import evaluate, predict, show_data, visualize
 from hgmldl.commands.train import run
+from hgmldl.data import FashionMNISTDataModule, MNISTDataModule
 from hgmldl.errors import UserError
 from hgmldl.history import read_history
+from hgmldl.idx import read_idx
 from hgmldl.images import read_image, split_images
 from hgmldl.module import Classifier
 from hgmldl.saving import load_checkpoint, load_weights, save_weights
@@ -58,27 +57,6 @@ def cnn_run(make_cfg, cnn_dir):
         steps = ("trainer.limit_train_batches=1", "steps_per_execution=1")
         run(make_cfg("model=cnn", *steps, "callbacks=default", "logger=tensorboard_full", output_dir=cnn_dir))
     return cnn_dir
-
-
-@pytest.fixture
-def app_cfg(idx_dir, tmp_path):
-    """compose(conf/<name>.yaml) as the entry point would, on the generated data, writing to tmp_path/out."""
-
-    def make(name, *overrides):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-            return compose(
-                name,
-                overrides=[
-                    f"output_dir={tmp_path / 'out'}",
-                    f"data.root={tmp_path / 'data'}",
-                    f"data.idx_dir={idx_dir}",
-                    "data.download=false",
-                    *overrides,
-                ],
-            )
-
-    return make
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +145,7 @@ def test_evaluate_gives_the_loss_accuracy_and_per_class_accuracy_of_the_models_o
     datamodule.prepare_data()
     datamodule.setup("validate")
     datamodule.setup("test")
-    names = figures.CLASS_NAMES["FashionMNIST"]["en"]
+    names = FashionMNISTDataModule.classes["en"]
     per_class = {}
     for split, images, labels in [
         ("val", datamodule.val_images, datamodule.val_labels),
@@ -199,7 +177,7 @@ def test_predict_gives_the_argmax_of_the_models_output(cnn_run, app_cfg, tmp_pat
     with torch.no_grad():
         expected = torch.softmax(load_checkpoint(ckpt)(images[3:4]), dim=1)[0]
     assert result["index"] == int(expected.argmax())
-    assert result["class"] == figures.class_names("FashionMNIST", "ko")[result["index"]]
+    assert result["class"] == figures.class_names(FashionMNISTDataModule.classes, "ko")[result["index"]]
     assert result["label"] == int(labels[3])
     assert result["probabilities"] == pytest.approx(expected.tolist(), abs=1e-6)
     assert sum(result["probabilities"]) == pytest.approx(1, abs=1e-6)  # predict_step's softmax
@@ -282,8 +260,7 @@ def test_visualize_refuses_a_model_without_conv_layers(app_cfg, tmp_path):
 
 def test_show_data_draws_the_first_images_and_counts_classes(app_cfg, tmp_path, idx_dir):
     counts = show_data.run(app_cfg("show_data"))
-    with gzip.open(idx_dir / "train-labels-idx1-ubyte.gz") as file:
-        labels = np.frombuffer(file.read()[8:], np.uint8)
+    labels = read_idx(idx_dir / "train-labels-idx1-ubyte.gz")
     assert counts == np.bincount(labels, minlength=10).tolist()
     assert png_size(tmp_path / "out" / "samples.png") == (1000, 160)
 
@@ -351,7 +328,7 @@ def test_checkpoint_loader_refuses_bad_files_in_one_line(cnn_run, tmp_path):
 def test_korean_class_names_render_with_the_korean_font():
     if figures.korean_font() is None:
         pytest.skip("fonts-nanum is not installed (make data installs it); the fallback is tested below")
-    names = figures.class_names("FashionMNIST", "ko")
+    names = figures.class_names(FashionMNISTDataModule.classes, "ko")
     assert names == ["티셔츠", "바지", "스웨터", "드레스", "코트", "샌달", "셔츠", "스니커즈", "가방", "앵클 부츠"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # matplotlib warns "Glyph … missing from font(s)" for every tofu box
@@ -361,11 +338,21 @@ def test_korean_class_names_render_with_the_korean_font():
 def test_korean_falls_back_to_english_without_the_font(monkeypatch, caplog):
     monkeypatch.setattr(figures, "korean_font", lambda: None)
     with caplog.at_level(logging.WARNING):
-        assert figures.class_names("FashionMNIST", "ko") == figures.CLASS_NAMES["FashionMNIST"]["en"]
+        assert figures.class_names(FashionMNISTDataModule.classes, "ko")[0] == "T-shirt/top"
     assert "no Korean font found (apt-get install fonts-nanum" in caplog.text
-    assert figures.class_names("MNIST", "ko") == [str(digit) for digit in range(10)]
     with pytest.raises(UserError, match="^classes=fr is not a language here; choose classes=en or classes=ko$"):
-        figures.class_names("FashionMNIST", "fr")
+        figures.class_names(FashionMNISTDataModule.classes, "fr")
+
+
+def test_mnist_classes_are_the_digits_in_every_command(app_cfg, caplog):
+    """Deep Learning with Python ch. 2 labels MNIST 0-9; torchvision's "0 - zero" shows nowhere, in any language."""
+    digits = [str(digit) for digit in range(10)]
+    assert MNISTDataModule.classes == {"en": digits, "ko": digits}
+    with caplog.at_level(logging.INFO, logger="hgmldl"):
+        counts = show_data.run(app_cfg("show_data", "data=mnist", "classes=ko"))
+    assert [line.split() for line in caplog.messages[1:11]] == [
+        [d, str(n)] for d, n in zip(digits, counts, strict=True)
+    ]
 
 
 def test_every_run_writes_curves_and_plot_history_overlays_runs(cnn_run, commands):

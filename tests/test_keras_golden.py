@@ -16,13 +16,12 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from scipy import stats
 from torch import nn
 
+from hgmldl.api import compose_config
 from hgmldl.data import TensorBatches
 from hgmldl.keras_weights import load_keras_weights
 from hgmldl.models import keras_layers
@@ -50,13 +49,9 @@ def golden(model: str) -> dict[str, np.ndarray]:
         return dict(file)
 
 
-def compose_config(model: str, optimizer: str, data_root: Path):
+def train_config(model: str, optimizer: str, data_root: Path):
     """The config `python train.py model=… optimizer=…` runs."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        return compose(
-            "train", [f"model={model}", f"optimizer={optimizer}", f"data.root={data_root}", "output_dir=unused"]
-        )
+    return compose_config("train", [f"model={model}", f"optimizer={optimizer}", f"data.root={data_root}"], "unused")
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -71,7 +66,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def fashion_mnist(tmp_path_factory):
     """The real Fashion-MNIST's book split, read once by the data module the configs name."""
-    datamodule = instantiate(compose_config("mlp", "adam", tmp_path_factory.mktemp("data")).data, download=False)
+    datamodule = instantiate(train_config("mlp", "adam", tmp_path_factory.mktemp("data")).data, download=False)
     datamodule.prepare_data()
     datamodule.setup("fit")
     return datamodule
@@ -124,7 +119,7 @@ def keras_layout(net: nn.Sequential, keras_shapes: dict[str, list[np.ndarray]]) 
 def replay(model: str, optimizer: str, datamodule, record: dict[str, np.ndarray]):
     """Trainer.fit of `model` × `optimizer` from Keras' weights over Keras' minibatches; returns the module and
     each step's loss."""
-    cfg = compose_config(model, optimizer, datamodule.root)
+    cfg = train_config(model, optimizer, datamodule.root)
     module = Classifier(
         model=OmegaConf.to_container(cfg.model, resolve=True),
         optimizer=OmegaConf.to_container(cfg.optimizer, resolve=True),
@@ -190,7 +185,7 @@ def test_keras_init_draws_what_keras_draws(model):
     """init=keras draws from torch's generator, so not Keras' numbers: each kernel must come from the same
     distribution as Keras' glorot-uniform draw (a two-sample Kolmogorov-Smirnov test), each bias be zero."""
     L.seed_everything(42, verbose=False)
-    cfg = compose_config(model, "adam", Path("unused"))
+    cfg = train_config(model, "adam", Path("unused"))
     module = Classifier(model=OmegaConf.to_container(cfg.model, resolve=True), optimizer={}, init=cfg.init.name)
     keras = keras_arrays(golden(model), "initial")
     ours = keras_layout(module.net, keras)

@@ -1,7 +1,8 @@
 """The notebooks' first cell (the set-up cell, the same in all six) in a fresh environment where hgmldl is not
-installed, as a reader's fresh Jupyter or Colab kernel: it installs hgmldl from the checkout with pip's output in the
-cell, and the next cell's `import hgmldl` works in the same kernel, without a restart; a wrong source gets one
-sentence, not an exception.
+installed, as a reader's fresh Jupyter or Colab kernel: in a checkout it installs that checkout (editable), elsewhere
+or in Colab it installs hgmldl from the repository's address (here a local clone, put in place of the address), in
+both cases with pip's output in the cell, and the next cell's `import hgmldl` works in the same kernel, without a
+restart; a cell that cannot install stops the notebook with one sentence.
 
 The fresh environment is a `python -m venv --without-pip` whose one .pth file lists this environment's
 site-packages, so torch, Lightning, pip and setuptools are there without gigabytes of installing, and pip finds every
@@ -10,45 +11,39 @@ line adds a folder to sys.path without reading the .pth files inside it, so this
 invisible: the child checks that before it runs the cell."""
 
 import json
-import os
-import re
-import shutil
 import subprocess
-import sysconfig
-import venv
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, copy_checkout, fresh_venv, make_idx_dataset, offline_pip_env
 
 SET_UP_CELL = nbformat.read(ROOT / "experiments" / "notebooks" / "07-1.ipynb", as_version=4).cells[1].source
+REPOSITORY = "https://github.com/hgmldl/hgmldl"  # the address the cell installs from outside a checkout
 
 # Runs the cell as a kernel does: what it prints goes to sys.stdout, which the notebook shows; output that bypasses
 # sys.stdout (a subprocess writing to the process's own descriptors) never reaches a Jupyter cell, and not `shown`.
+# `colab` makes the kernel look like Colab's, where the module google.colab is imported.
 CHILD = """
-import contextlib, importlib.util, io, json, sys
+import contextlib, importlib.util, io, json, sys, types
 before = importlib.util.find_spec("hgmldl")
 assert before is None, f"hgmldl is importable before the cell runs: {before.origin}"
-shown = io.StringIO()
+if sys.argv[1:] == ["colab"]:
+    sys.modules["google.colab"] = types.ModuleType("google.colab")
+shown, error = io.StringIO(), None
 with contextlib.redirect_stdout(shown):
-    exec(sys.stdin.read(), {"__name__": "__main__"})
+    try:
+        exec(sys.stdin.read(), {"__name__": "__main__"})
+    except Exception as raised:  # what the notebook would show under the cell, and stop at
+        error = f"{type(raised).__name__}: {raised}"
 try:
     import hgmldl
     where = hgmldl.__file__
 except ImportError:
     where = None
-print(json.dumps({"shown": shown.getvalue(), "hgmldl": where}))
+print(json.dumps({"shown": shown.getvalue(), "error": error, "hgmldl": where}))
 """
-
-
-def fresh_venv(folder: Path) -> Path:
-    """A fresh venv without hgmldl, its dependencies this environment's; its python."""
-    venv.create(folder, with_pip=False)
-    (site,) = (folder / "lib").glob("python*/site-packages")
-    (site / "dependencies.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    return folder / "bin" / "python"
 
 
 @pytest.fixture
@@ -58,62 +53,73 @@ def fresh_python(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def checkout(tmp_path: Path) -> Path:
-    """A copy of what a clone of this repository holds (what pip and hgmldl read), with the notebooks' folder."""
-    copy = tmp_path / "hgmldl-checkout"
-    copy.mkdir()
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, copy / name)
-    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "notebooks")
-    for name in ("src", "conf", "experiments"):
-        shutil.copytree(ROOT / name, copy / name, ignore=skip)
-    (copy / "experiments" / "notebooks").mkdir()
-    return copy
+    return copy_checkout(tmp_path / "hgmldl-checkout")
 
 
-def run_cell(python: Path, cell: str, folder: Path) -> dict:
-    """The cell run by `python` in `folder` (the kernel's working directory): what it showed, where hgmldl is after."""
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env |= {"PIP_NO_INDEX": "1", "PIP_NO_BUILD_ISOLATION": "0", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+def run_cell(python: Path, cell: str, folder: Path, colab: bool = False) -> dict:
+    """The cell run by `python` in `folder` (the kernel's working directory): what it showed, the exception it
+    raised, where hgmldl is after."""
     done = subprocess.run(
-        [str(python), "-c", CHILD], input=cell, cwd=folder, env=env, capture_output=True, text=True, timeout=600
+        [str(python), "-c", CHILD, *(["colab"] if colab else [])],
+        input=cell,
+        cwd=folder,
+        env=offline_pip_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return json.loads(done.stdout.splitlines()[-1])
 
 
-def with_source(source: str) -> str:
-    """The cell with its one editable line set as a reader sets it."""
-    cell, count = re.subn(r'^SOURCE = ".*"$', f"SOURCE = {source!r}", SET_UP_CELL, flags=re.MULTILINE)
-    assert count == 1, "the set-up cell has one `SOURCE = ...` line"
-    return cell
+def with_repository(address: str) -> str:
+    """The cell with the repository's address replaced, as a test of the published cell does."""
+    assert SET_UP_CELL.count(f'"{REPOSITORY}"') == 1, "the set-up cell names the repository's address once"
+    return SET_UP_CELL.replace(f'"{REPOSITORY}"', repr(address))
 
 
 def test_installs_the_checkout_the_notebook_sits_in(fresh_python: Path, checkout: Path) -> None:
     result = run_cell(fresh_python, SET_UP_CELL, checkout / "experiments" / "notebooks")
+    assert result["error"] is None
     assert "Successfully installed hgmldl" in result["shown"]  # pip's own lines, in the cell
     assert "Requirement already satisfied: torch" in result["shown"]
     assert result["hgmldl"] == str(checkout / "src" / "hgmldl" / "__init__.py")  # importable now, from the checkout
 
 
-def test_a_wrong_source_gets_one_sentence(fresh_python: Path, tmp_path: Path) -> None:
-    # Colab: the notebook alone in /content, so "../.." holds no repository
-    (tmp_path / "content").mkdir()
-    for cell in (SET_UP_CELL, with_source(str(tmp_path / "nowhere"))):
-        result = run_cell(fresh_python, cell, tmp_path / "content")
-        assert result["hgmldl"] is None
-        (line,) = result["shown"].splitlines()
-        assert "SOURCE" in line and "https://github.com/<계정>/hgmldl.git" in line, line
-
-
-def test_a_git_address_is_cloned_then_installed(fresh_python: Path, checkout: Path, tmp_path: Path) -> None:
+def test_outside_a_checkout_installs_from_the_repository(fresh_python: Path, checkout: Path, tmp_path: Path) -> None:
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com"]
     subprocess.run([*git, "init", "-q"], cwd=checkout, check=True)
     subprocess.run([*git, "add", "."], cwd=checkout, check=True)
     subprocess.run([*git, "commit", "-q", "-m", "checkout"], cwd=checkout, check=True)
-    content = tmp_path / "content"
+    content = tmp_path / "content"  # Colab's working folder: the notebook alone, no repository around it
     content.mkdir()
-    result = run_cell(fresh_python, with_source(checkout.as_uri()), content)
-    assert "Cloning into" in result["shown"] and "Successfully installed hgmldl" in result["shown"]
-    assert result["hgmldl"] == str(content / "hgmldl" / "src" / "hgmldl" / "__init__.py")
-    bad = run_cell(fresh_venv(tmp_path / "venv2"), with_source((tmp_path / "missing").as_uri()), tmp_path)
-    assert bad["hgmldl"] is None and bad["shown"].splitlines()[-1].startswith("file://")
+    # file://localhost/…: pip's requirement parser refuses a git+file:/// address, whose host is empty
+    clone = f"file://localhost{checkout}"
+    idx_dir = make_idx_dataset(tmp_path / "idx")
+    next_cell = f"""
+import hgmldl
+history = hgmldl.fit("model=softmax", "trainer.max_epochs=1", "data.idx_dir={idx_dir}", "data.download=false")
+print("trained:", history.history["val_accuracy"], history.run_dir)
+"""
+    result = run_cell(fresh_python, with_repository(clone) + next_cell, content)
+    assert result["error"] is None, result["shown"]
+    assert f"git+{clone}" in result["shown"] and "Successfully installed hgmldl" in result["shown"]
+    (site,) = (tmp_path / "venv" / "lib").glob("python*/site-packages")
+    assert result["hgmldl"] == str(site / "hgmldl" / "__init__.py")  # a plain install (not -e), importable now
+    trained = result["shown"].splitlines()[-1]  # the next cell trained, from the installed package's configs
+    assert trained.startswith("trained: [0.") and " outputs/" in trained  # the run folder in the notebook's own
+    assert (content / "outputs").is_dir() and list((content / "outputs").rglob("metrics.json"))
+
+
+@pytest.mark.parametrize("where", ["colab in a checkout", "a folder outside a checkout"])
+def test_a_cell_that_cannot_install_stops_with_one_sentence(
+    where: str, fresh_python: Path, checkout: Path, tmp_path: Path
+) -> None:
+    # Colab installs from the address even where ../../pyproject.toml happens to exist (an -e install would succeed)
+    folder = checkout / "experiments" / "notebooks" if where.startswith("colab") else tmp_path
+    missing = f"file://localhost{tmp_path / 'missing'}"
+    result = run_cell(fresh_python, with_repository(missing), folder, colab=where.startswith("colab"))
+    assert missing in result["shown"]  # pip's lines, naming the address it tried
+    assert result["hgmldl"] is None
+    kind, message = result["error"].split(": ", 1)
+    assert kind == "RuntimeError" and message.endswith("다시 실행하세요.") and message.count(".") == 1, message

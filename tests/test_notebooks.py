@@ -3,11 +3,14 @@ data: each runs in its own folder, where the data module's default root (`data/`
 the notebooks carry no test settings. Two run at a time, each kernel on one core of a 2-core machine.
 
 The saved notebooks are checked as a reader sees them: the book's output and hgmldl's, no test plumbing, no
-Lightning notices, and one set-up cell shared by all."""
+Lightning notices, one set-up cell shared by all, an "Open in Colab" badge, and outputs from one run top to bottom
+(as `make notebooks` saves them), not cells pasted in or re-run afterwards."""
 
 import asyncio
+import copy
 import os
 import re
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -83,9 +86,51 @@ def test_saved_notebook_shows_only_what_a_reader_needs(path: Path) -> None:
     assert not re.search(r"\bTEST\b|HGMLDL_TEST", sources)  # no test settings a reader would copy
     assert "OMP_NUM_THREADS" not in sources  # the machine the outputs came from is not the reader's
     assert not [notice for notice in LIGHTNING_NOTICES if notice in text_outputs(notebook)]
-    assert all(cell.execution_count for cell in notebook.cells if cell.cell_type == "code")  # saved executed
+
+
+def assert_one_run(notebook: nbformat.NotebookNode) -> None:
+    """The code cells were executed once each, top to bottom, in one kernel: execution counts 1, 2, 3… in cell
+    order, and each cell started after the cell above it had replied (the times nbclient records in
+    metadata.execution, as `make notebooks` runs it)."""
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert [cell.execution_count for cell in code] == list(range(1, len(code) + 1))
+    times = [cell.metadata.get("execution", {}) for cell in code]
+    assert all("iopub.execute_input" in time and "shell.execute_reply" in time for time in times), "not run by nbclient"
+    for number in range(1, len(times)):
+        started = datetime.fromisoformat(times[number]["iopub.execute_input"])
+        assert started >= datetime.fromisoformat(times[number - 1]["shell.execute_reply"]), (
+            f"code cell {number + 1} ran before code cell {number} had finished"
+        )
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.name for path in NOTEBOOKS])
+def test_saved_notebook_is_one_run_top_to_bottom(path: Path) -> None:
+    assert_one_run(nbformat.read(path, as_version=4))
+
+
+def test_one_run_check_catches_a_cell_run_afterwards() -> None:
+    notebook = nbformat.read(NOTEBOOKS[0], as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    pasted = copy.deepcopy(notebook)  # the set-up cell re-run after the others, its outputs saved in place
+    first = next(cell for cell in pasted.cells if cell.cell_type == "code")
+    first.metadata.execution = dict(code[-1].metadata.execution)
+    with pytest.raises(AssertionError, match="ran before"):
+        assert_one_run(pasted)
+    renumbered = copy.deepcopy(notebook)  # a cell run twice
+    next(cell for cell in renumbered.cells if cell.cell_type == "code").execution_count = len(code) + 1
+    with pytest.raises(AssertionError):
+        assert_one_run(renumbered)
 
 
 def test_every_notebook_starts_with_the_same_set_up_cell() -> None:
     first = {path.name: nbformat.read(path, as_version=4).cells[1].source for path in NOTEBOOKS}
     assert len(set(first.values())) == 1, first.keys()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.name for path in NOTEBOOKS])
+def test_notebook_opens_in_colab_from_the_address_its_set_up_cell_installs(path: Path) -> None:
+    notebook = nbformat.read(path, as_version=4)
+    (address,) = re.findall(r'^REPOSITORY = "https://github\.com/(.+)"$', notebook.cells[1].source, re.MULTILINE)
+    colab = f"https://colab.research.google.com/github/{address}/blob/main/experiments/notebooks/{path.name}"
+    badge = f"[![Colab에서 열기](https://colab.research.google.com/assets/colab-badge.svg)]({colab})"
+    assert badge in notebook.cells[0].source

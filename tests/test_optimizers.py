@@ -5,12 +5,10 @@ import math
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from hydra.utils import instantiate
 
+from hgmldl.api import compose_config
 from hgmldl.optimizers import KerasAdagrad, KerasAdam, KerasRMSprop
-from tests.conftest import ROOT
 
 # Three steps' gradients for a 2-element weight: one of ordinary size, one of 1e-4, where eps matters.
 START = [0.5, -0.25]
@@ -161,9 +159,7 @@ def test_state_dict_round_trip_continues_the_same_steps():
     ],
 )
 def test_config_option_builds_its_rule(option, optimizer_class, defaults):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("train", [f"optimizer={option}", "output_dir=unused"])
+    cfg = compose_config("train", [f"optimizer={option}"], output_dir="unused")
     optimizer = instantiate(cfg.optimizer, params=[torch.zeros(2, requires_grad=True)])
     assert type(optimizer) is optimizer_class
     betas_as_tuple = {"betas": tuple(optimizer.defaults["betas"])} if "betas" in defaults else {}

@@ -40,4 +40,5 @@ def test_every_preset_trains_and_evaluates_in_one_glob_sweep(tmp_path, idx_dir):
         ran[preset] = json.loads(path.read_text())
     assert sorted(ran) == presets
     for name, metrics in ran.items():
-        assert 0 <= metrics["val_accuracy"] <= 1, name
+        # DLP's preset trains without validation (val_fraction 0) and reports the test set; 7-1's baseline has no test
+        assert 0 <= metrics.get("val_accuracy", metrics.get("test_accuracy")) <= 1, name

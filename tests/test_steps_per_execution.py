@@ -1,23 +1,17 @@
 """Keras' steps_per_execution: N updates per Lightning step compute what N Lightning steps compute."""
 
-import csv
-
 import pytest
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from hgmldl.commands import train
 from hgmldl.commands.train import run
+from hgmldl.history import read_history
 from hgmldl.module import Classifier
 from hgmldl.steps_per_execution import plain_update
 
 # The generated data of tests/conftest.py: 400 training images in minibatches of 32.
 UPDATES_PER_EPOCH = 13
-
-
-def read_history(path):
-    with open(path) as file:
-        return list(csv.DictReader(file))
 
 
 @pytest.mark.cuda
@@ -38,7 +32,7 @@ def test_one_and_fifty_steps_per_execution_train_the_same_weights_and_history(ma
         torch.testing.assert_close(weights_50["state_dict"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
     for row_1, row_50 in zip(history_1, history_50, strict=True):
         for column in ("loss", "accuracy", "val_loss", "val_accuracy"):
-            assert float(row_50[column]) == pytest.approx(float(row_1[column]), rel=1e-5, abs=1e-6), column
+            assert row_50[column] == pytest.approx(row_1[column], rel=1e-5, abs=1e-6), column
     assert metrics_50["test_accuracy"] == pytest.approx(metrics_1["test_accuracy"], abs=1e-6)
 
 

@@ -1,6 +1,5 @@
 """End-to-end training on generated data: files written, best weights restored, checkpoints reload."""
 
-import csv
 import json
 import subprocess
 import sys
@@ -11,14 +10,9 @@ import torch
 from hydra.utils import instantiate
 
 from hgmldl.commands.train import run
+from hgmldl.history import read_history
 from hgmldl.module import Classifier
-from tests.conftest import ROOT
-
-
-def read_history(path):
-    with open(path) as file:
-        return list(csv.DictReader(file))
-
+from tests.conftest import ROOT, make_idx_dataset
 
 MODELS = ["softmax", "mlp", "deep_mlp", "dropout_mlp", "cnn", "dense512"]
 
@@ -29,9 +23,9 @@ def test_short_fit_of_every_model_writes_history_and_metrics(make_cfg, tmp_path,
     cfg = make_cfg(f"model={model}", "trainer.limit_train_batches=2", "callbacks=default")
     metrics = run(cfg).metrics
     rows = read_history(tmp_path / "run" / "history.csv")
-    assert [row["epoch"] for row in rows] == ["0", "1"]
+    assert [row["epoch"] for row in rows] == [0, 1]
     assert set(rows[0]) == {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "time"}
-    assert all(0 <= float(row["val_accuracy"]) <= 1 and float(row["loss"]) > 0 for row in rows)
+    assert all(0 <= row["val_accuracy"] <= 1 and row["loss"] > 0 for row in rows)
     saved = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert saved == pytest.approx(metrics)
     assert saved["epochs"] == 2
@@ -49,9 +43,9 @@ def test_restore_best_weights_leaves_the_best_checkpoints_weights(make_cfg, tmp_
     cfg = make_cfg("model=mlp", "optimizer=sgd", "optimizer.lr=2.0", "trainer.max_epochs=6")
     metrics, module, trainer = run(cfg)
     rows = read_history(tmp_path / "run" / "history.csv")
-    best_epoch = min(range(len(rows)), key=lambda i: float(rows[i]["val_loss"]))
+    best_epoch = min(range(len(rows)), key=lambda i: rows[i]["val_loss"])
     assert metrics["best_epoch"] == best_epoch
-    assert metrics["val_loss"] == pytest.approx(float(rows[best_epoch]["val_loss"]), rel=1e-5)
+    assert metrics["val_loss"] == pytest.approx(rows[best_epoch]["val_loss"], rel=1e-5)
     # The weights run() evaluated are those of best.ckpt, rebuilt from the file alone.
     best = Classifier.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "best.ckpt", weights_only=True)
     for name, tensor in best.state_dict().items():  # run() returns that module, and the Trainer that fitted it
@@ -139,6 +133,20 @@ def test_missing_data_is_one_line_error(tmp_path):
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: MNIST IDX files not found") and "data.idx_dir=" in last
     assert "Traceback" not in result.stderr
+
+
+def test_an_idx_dir_that_is_not_there_is_named_not_replaced_by_another_copy(tmp_path):
+    root = tmp_path / "data"
+    make_idx_dataset(root / "FashionMNIST" / "raw", num_train=30, num_test=10, gz=False)  # a copy it could train on
+    missing = tmp_path / "nonexistent"
+    result = subprocess.run(
+        [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", f"data.root={root}", f"data.idx_dir={missing}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: data.idx_dir={missing}: no such folder; give the one with the four IDX files (.gz or raw)"
+    )
 
 
 def test_tensorboard_curves_use_keras_names_and_epochs(make_cfg, tmp_path):

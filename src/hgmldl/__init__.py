@@ -44,6 +44,8 @@ warnings.filterwarnings(
     category=FutureWarning,
     module=r"lightning\.pytorch\.utilities\._pytree",
 )
+# On a machine with Slurm's client installed, every Trainer outside a Slurm job hints at running under `srun`.
+warnings.filterwarnings("ignore", message=r"The `srun` command is available on your system but is not used")
 
 # The Python API, imported on first use: `import hgmldl` alone loads neither Lightning nor matplotlib.
 _API = {

@@ -28,13 +28,11 @@ from hgmldl.commands import show_data as show_data_command
 from hgmldl.commands import summarize as summarize_command
 from hgmldl.commands import train
 from hgmldl.commands import visualize as visualize_command
-from hgmldl.config import check_config, register_configs
+from hgmldl.config import CONFIG_DIR, check_config, register_configs
 from hgmldl.errors import UserError
 from hgmldl.history import keras_history, read_history
 from hgmldl.images import split_images
 from hgmldl.module import Classifier
-
-ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/ and experiments/ beside src/
 
 
 @dataclass
@@ -127,10 +125,10 @@ def compose_config(name: str, overrides: Sequence[str], output_dir: str | Path |
 
     The paths are set after composing, so they need no quoting for Hydra's override grammar.
     """
-    register_configs(ROOT / "experiments")
+    register_configs()
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(str(ROOT / "conf"), version_base="1.3"):
+        with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
             cfg = compose(name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException, ValueError) as error:  # ValueError: `logger=null`
         raise UserError(" ".join(line.strip() for line in str(error).splitlines() if line.strip())) from None

@@ -4,7 +4,8 @@
     scores = cross_validate(sc, train_scaled, train_target, n_jobs=-1); np.mean(scores['test_score'])  # 0.8196
 
 It runs through the same entry point as the networks (`python train.py experiment=ch7_1_sgd_baseline`): the preset
-sets `baseline` to the estimator, and `hgmldl.commands.train.run` hands such configs to `cross_validate_baseline`.
+sets `baseline` to the estimator, and the train command's `main` hands such configs to `cross_validate_baseline` instead of
+`hgmldl.commands.train.run`, the Lightning path, which knows nothing of it.
 """
 
 import json
@@ -17,8 +18,9 @@ import numpy as np
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from hgmldl.errors import UserError
+from hgmldl.config import check_config
 from hgmldl.files import write_text_atomic
+from hgmldl.models import NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -26,24 +28,24 @@ log = logging.getLogger(__name__)
 def cross_validate_baseline(cfg: DictConfig) -> dict[str, Any]:
     """5-fold cross-validation of `cfg.baseline` on all training images (the book splits off no validation set
     here); `val_accuracy` is the mean fold accuracy, the book's `np.mean(scores['test_score'])`."""
-    try:
-        from sklearn.exceptions import ConvergenceWarning
-        from sklearn.model_selection import cross_validate
-    except ImportError:
-        raise UserError("the SGD baseline needs scikit-learn: pip install 'hgmldl[baseline]'") from None
+    check_config(cfg)
+    # Imported here: scikit-learn takes seconds to import, which every other train.py run would pay.
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import cross_validate
+
     start = time.perf_counter()
     datamodule = instantiate(cfg.data)
     datamodule.prepare_data()
-    train = datamodule.dataset_class(datamodule.root, train=True, download=False)
-    images = train.data.reshape(len(train.data), -1).numpy() / 255.0  # train_scaled: float64, as NumPy's / gives
+    images, labels = datamodule.read_images(train=True)
+    images = images.flatten(1).numpy() / 255.0  # train_scaled: float64, as NumPy's / gives
     estimator = instantiate(cfg.baseline)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # max_iter=5 cannot converge; the book shows the warning
-        scores = cross_validate(estimator, images, train.targets.numpy())  # the book's n_jobs=-1 changes no number
+        scores = cross_validate(estimator, images, labels.numpy())  # the book's n_jobs=-1 changes no number
     metrics = {
         "val_accuracy": float(np.mean(scores["test_score"])),
         "fold_accuracies": [float(score) for score in scores["test_score"]],
-        "params": images.shape[1] * len(train.classes) + len(train.classes),  # coef_ + intercept_, as 7-1's Dense(10)
+        "params": images.shape[1] * NUM_CLASSES + NUM_CLASSES,  # coef_ + intercept_, as 7-1's Dense(10)
         "wall_time": round(time.perf_counter() - start, 2),
     }
     write_text_atomic(f"{cfg.output_dir}/metrics.json", json.dumps(metrics, indent=2) + "\n")

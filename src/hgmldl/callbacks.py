@@ -16,7 +16,6 @@ from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionM
 
 from hgmldl.errors import UserError
 from hgmldl.figures import (
-    class_names,
     plot_confusion_matrix,
     plot_filters,
     plot_history,
@@ -227,7 +226,7 @@ class TensorBoardImages(L.Callback):
             return
         datamodule = trainer.datamodule
         images, labels = datamodule.train_images[: self.num_samples], datamodule.train_labels[: self.num_samples]
-        names = class_names(datamodule.dataset_class.__name__)
+        names = datamodule.classes["en"]
         self.writer.add_figure("samples", plot_samples(images, labels.tolist(), names), 0)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -248,7 +247,7 @@ class TensorBoardImages(L.Callback):
     def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.test_metrics.on_test_epoch_end(trainer, pl_module)  # on every process: under DDP it gathers them all
         if self.writer is not None:
-            names = class_names(trainer.datamodule.dataset_class.__name__)
+            names = trainer.datamodule.classes["en"]
             matrix = self.test_metrics.results["test"]["confusion_matrix"]
             self.writer.add_figure("confusion_matrix", plot_confusion_matrix(matrix, names, "test"))
             self.writer.flush()

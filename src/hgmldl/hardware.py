@@ -1,5 +1,6 @@
 """What the machine can do, asked before a run rather than discovered in the middle of one."""
 
+import platform
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,15 @@ def cpu_has_native_bf16() -> bool:
         except OSError:
             return True  # cannot tell (macOS or Windows with an older torch): let the run go ahead
     return any(capabilities.get(name) for name in BF16_FEATURES)
+
+
+def cpu_name() -> str:
+    """The CPU's model name as Linux reports it (platform.processor() is often empty there), for the reports."""
+    try:
+        lines = CPUINFO.read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine()
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
 
 
 def runs_on_cpu(trainer: Any) -> bool:

@@ -25,8 +25,8 @@ def split_images(datamodule: FashionMNISTDataModule, split: str) -> tuple[torch.
         raise UserError(f"split={split} does not exist; choose one of {', '.join(DATA_SPLITS)}")
     datamodule.prepare_data()
     if split == "train":  # before the book's split, which setup() makes
-        dataset = datamodule.dataset_class(datamodule.root, train=True)
-        return scale(dataset.data.unsqueeze(1)), dataset.targets
+        images, labels = datamodule.read_images(train=True)
+        return scale(images), labels
     if split == "val":
         datamodule.setup("validate")
         return datamodule.val_images, datamodule.val_labels

@@ -1,11 +1,24 @@
 """Continuing a run: `python train.py resume=<run dir>` becomes that run's own command in its own folder, and goes
 on from its last.ckpt; a checkpoint of another architecture is refused before any data is loaded, and an
-interrupted run ends with the command that continues it."""
+interrupted run ends with the command that continues it. A SLURM job that is signalled before its time limit (or
+preempted) and requeued goes on the same way, by itself (docs/cluster.md).
 
+Lightning's own SLURM auto-requeue is turned off: it saves a mid-epoch `hpc_ckpt_*.ckpt`, from which the epoch's
+metrics and order are not rebuilt (the epoch's line loses its training loss and the numbers drift from an
+uninterrupted run), loads it with weights_only=False, and evaluates its weights after fit instead of the best ones.
+"""
+
+import logging
+import os
+import signal
+import subprocess
 from pathlib import Path
+from types import FrameType
 
+import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import OmegaConf
 
 from hgmldl.config import override_key
@@ -14,7 +27,13 @@ from hgmldl.models import describe
 from hgmldl.module import Classifier
 from hgmldl.saving import fits, load_checkpoint
 
+log = logging.getLogger(__name__)
+
 LAST_CHECKPOINT = "checkpoints/last.ckpt"  # in the run folder: ModelCheckpoint(save_last=True), every epoch
+# SLURM's warning before a job's time limit, `sbatch --signal=USR1@<seconds>` (Lightning's convention). The
+# submitit launcher (a Hydra multirun on SLURM) asks for USR2 and requeues its jobs itself.
+REQUEUE_SIGNAL = signal.SIGUSR1
+requeued_job: str | None = None  # the SLURM job this process has put back into the queue
 
 
 def resume_overrides(args: list[str]) -> list[str]:
@@ -60,10 +79,15 @@ def resume_checkpoint(run_dir: str) -> str:
 def interrupted_message(run_dir: str, epoch: int) -> str:
     if not (Path(run_dir) / LAST_CHECKPOINT).is_file():
         return f"Interrupted in epoch {epoch + 1}, before any epoch ended: nothing to resume, start the run anew"
-    return (
-        f"Interrupted in epoch {epoch + 1}; {LAST_CHECKPOINT} holds the end of the last whole epoch. "
-        f"Continue with:  python train.py 'resume=\"{run_dir}\"'"
-    )
+    if requeued_job:
+        return (
+            f"Stopped in epoch {epoch + 1} by SLURM's signal; requeued job {requeued_job} continues in {run_dir} "
+            f"from {LAST_CHECKPOINT}, the end of epoch {epoch}"
+        )
+    next_step = f"Continue with:  python train.py 'resume=\"{run_dir}\"'"
+    if SLURMEnvironment.detect():  # e.g. a sweep job that the submitit launcher requeued (its own USR2 handler)
+        next_step = f"If SLURM requeues this job, it continues from there by itself; else c{next_step[1:]}"
+    return f"Interrupted in epoch {epoch + 1}; {LAST_CHECKPOINT} holds the end of the last whole epoch. {next_step}"
 
 
 def check_resumable(module: Classifier, ckpt_path: str) -> None:
@@ -75,3 +99,56 @@ def check_resumable(module: Classifier, ckpt_path: str) -> None:
             f"{ckpt_path} holds {describe(dict(saved.hparams.model))} but this run builds "
             f"{describe(dict(module.hparams.model))}: resume with the model options of the run that saved it"
         )
+
+
+def slurm_plugins() -> list[SLURMEnvironment]:
+    """The Trainer's plugins in a SLURM job: Lightning's SLURM environment without its auto-requeue, and ours on
+    the signal before the time limit (`sbatch --signal=USR1@90 --requeue`)."""
+    if not SLURMEnvironment.detect():
+        return []
+    try:
+        environment = SLURMEnvironment(auto_requeue=False)
+    except RuntimeError as error:  # srun's tasks that Lightning cannot map to devices: --ntasks without per-node
+        raise UserError(f"trainer: {error}") from None
+    signal.signal(REQUEUE_SIGNAL, requeue)
+    return [environment]
+
+
+def slurm_job_id() -> str:
+    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
+    return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
+
+
+def requeue(signum: int, frame: FrameType | None) -> None:
+    """Puts the job back into SLURM's queue; SLURM then ends its processes with SIGTERM, which Lightning turns into
+    a stop after the current step, as for Ctrl-C. Under srun every process gets the signal; the first one asks."""
+    global requeued_job
+    if os.environ.get("SLURM_PROCID", "0") != "0" or requeued_job is not None:
+        return
+    asked = subprocess.run(["scontrol", "requeue", slurm_job_id()], capture_output=True, text=True)
+    if asked.returncode:  # e.g. a job submitted with --no-requeue: it runs on until SLURM stops it
+        log.warning("SLURM's signal: scontrol requeue %s failed: %s", slurm_job_id(), asked.stderr.strip())
+        return
+    requeued_job = slurm_job_id()
+
+
+def requeued_checkpoint(run_dir: str) -> str | None:
+    """What a job that SLURM requeued (SLURM_RESTART_COUNT ≥ 1) goes on from: its run folder's last.ckpt, so the
+    job continues to the numbers of an uninterrupted run, as `resume=` does; before the command's own ckpt_path=,
+    where the run started. The same command with a fixed hydra.run.dir (or a sweep's job folder) finds the same
+    folder again."""
+    restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    path = Path(run_dir) / LAST_CHECKPOINT
+    if not restarts or not path.is_file():
+        return None
+    if os.environ.get("SLURM_PROCID", "0") == "0":
+        epochs = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["epoch"] + 1
+        log.warning(
+            "SLURM requeued job %s (restart %d): continuing in %s from %s, the end of epoch %d",
+            slurm_job_id(),
+            restarts,
+            run_dir,
+            LAST_CHECKPOINT,
+            epochs,
+        )
+    return str(path)

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from hgmldl.callbacks import ClassMetrics
+from hgmldl.config import command
 from hgmldl.figures import class_names, plot_confusion_matrix, save_figure
 from hgmldl.files import write_text_atomic
 from hgmldl.hangul import padded
@@ -30,7 +31,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     returns what evaluation.json holds."""
     module = load_model(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
-    names = class_names(datamodule.dataset_class.__name__, cfg.classes)
+    names = class_names(datamodule.classes, cfg.classes)
     class_metrics = ClassMetrics()
     trainer = instantiate(
         cfg.trainer, callbacks=[class_metrics], logger=False, enable_progress_bar=False, enable_model_summary=False
@@ -68,3 +69,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("%s %12.4f %13.4f", padded(name), val, test)
     log.info("confusion matrices, per_class_accuracy.csv, evaluation.json: %s", output_dir)
     return results
+
+
+@command("evaluate")
+def main(cfg: DictConfig) -> None:
+    """`python evaluate.py …` at the top of the checkout, `hgmldl-evaluate …` where pip installed hgmldl."""
+    run(cfg)

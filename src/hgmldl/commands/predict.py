@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch.utils.data import DataLoader, TensorDataset
 
+from hgmldl.config import command
 from hgmldl.figures import class_names, plot_prediction, save_figure
 from hgmldl.hangul import padded
 from hgmldl.images import pick_image, read_image
@@ -23,7 +24,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """The class of one image (`image=<file>`, or `index` of `split`) and its ten probabilities; prediction.png."""
     module = load_model(cfg.ckpt_path)
     datamodule = instantiate(cfg.data)
-    names = class_names(datamodule.dataset_class.__name__, cfg.classes)
+    names = class_names(datamodule.classes, cfg.classes)
     if cfg.image:
         image, label, source = read_image(cfg.image), None, str(cfg.image)
     else:
@@ -40,3 +41,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         log.info("  %s %.4f", padded(name), probability)
     log.info("picture: %s", path)
     return {"class": names[predicted], "index": predicted, "label": label, "probabilities": probabilities.tolist()}
+
+
+@command("predict")
+def main(cfg: DictConfig) -> None:
+    """`python predict.py …` at the top of the checkout, `hgmldl-predict …` where pip installed hgmldl."""
+    run(cfg)

@@ -17,7 +17,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from hgmldl.config import override_key
+from hgmldl.config import command, override_key
 from hgmldl.errors import UserError
 from hgmldl.figures import plot_history, save_figure
 from hgmldl.files import write_text_atomic
@@ -152,3 +152,9 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         summarize(config.hydra.sweep.dir)
+
+
+@command("summarize")
+def main(cfg: DictConfig) -> None:
+    """`python summarize.py …` at the top of the checkout, `hgmldl-summarize …` where pip installed hgmldl."""
+    run(cfg)

@@ -15,18 +15,23 @@ from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.loggers import Logger, TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
-from torch.utils.tensorboard import FileWriter
-from torch.utils.tensorboard.summary import hparams, scalar
 
 from hgmldl.baseline import cross_validate_baseline
 from hgmldl.callbacks import EarlyStopping
-from hgmldl.config import check_config
-from hgmldl.errors import UserError
+from hgmldl.config import check_config, command
+from hgmldl.errors import UserError, one_line_errors
 from hgmldl.files import write_text_atomic
+from hgmldl.hparams import log_hyperparameters
 from hgmldl.module import Classifier
-from hgmldl.resume import check_resumable, interrupted_message, resume_checkpoint
+from hgmldl.resume import (
+    check_resumable,
+    interrupted_message,
+    requeued_checkpoint,
+    resume_checkpoint,
+    resume_overrides,
+    slurm_plugins,
+)
 from hgmldl.steps_per_execution import StepsPerExecution
 
 log = logging.getLogger(__name__)
@@ -34,21 +39,30 @@ log = logging.getLogger(__name__)
 
 class Trained(NamedTuple):
     """What run() trained: `metrics.json`'s numbers, the module they were evaluated with (the best epoch's weights
-    where EarlyStopping restored them) and its Trainer; module and trainer are None for 7-1's scikit-learn
-    baseline, which trains no network."""
+    where EarlyStopping restored them) and its Trainer."""
 
     metrics: dict[str, Any]
-    module: Classifier | None
-    trainer: L.Trainer | None
+    module: Classifier
+    trainer: L.Trainer
 
 
 def run(cfg: DictConfig) -> Trained:
-    """Trains the configured model, writes `metrics.json` and returns what it trained."""
+    """Trains the configured network, writes `metrics.json` and returns what it trained."""
     check_config(cfg)
-    if cfg.get("baseline") is not None:  # 7-1's scikit-learn baseline: no network to train
-        return Trained(cross_validate_baseline(cfg), None, None)
     start = time.perf_counter()
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    set_up_process(cfg.seed)
+    module, datamodule, trainer = build(cfg)
+    fit(module, datamodule, trainer, cfg)
+    metrics = evaluate(module, datamodule, trainer, has_validation(cfg))
+    metrics["wall_time"] = round(time.perf_counter() - start, 2)
+    if trainer.is_global_zero:  # under DDP every process gets here: one file, one line
+        report(metrics, trainer, cfg)
+    return Trained(metrics, module, trainer)
+
+
+def set_up_process(seed: int) -> None:
+    """The process-wide settings a run needs: the seed, and two that keep a CPU fast."""
+    L.seed_everything(seed, workers=True, verbose=False)
     # RMSprop's and Adagrad's running averages decay into float32 denormals, which a CPU computes far more slowly
     # (docs/performance.md); TensorFlow flushes them to zero as well, so the numbers stay Keras'.
     torch.set_flush_denormal(True)
@@ -57,15 +71,21 @@ def run(cfg: DictConfig) -> Trained:
         # only makes torch 2.14's optimizer.step() retry loading NVML on every update (docs/performance.md).
         os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
 
-    validation = has_validation(cfg)
-    if not validation:
+
+def build(cfg: DictConfig) -> tuple[Classifier, L.LightningDataModule, L.Trainer]:
+    """The module, the data module and the Trainer the config describes."""
+    if not has_validation(cfg):
         check_without_validation(cfg)
-    module = build_module(cfg)
-    ckpt_path = cfg.ckpt_path or (resume_checkpoint(cfg.resume) if cfg.get("resume") else None)
+    return build_module(cfg), instantiate(cfg.data), build_trainer(cfg)
+
+
+def fit(module: Classifier, datamodule: L.LightningDataModule, trainer: L.Trainer, cfg: DictConfig) -> None:
+    """Keras' fit, from scratch, from `ckpt_path` / `resume`, or from a requeued SLURM job's own last.ckpt; an
+    interrupted run ends with exit status 1."""
+    ckpt_path = requeued_checkpoint(cfg.output_dir) or cfg.ckpt_path
+    ckpt_path = ckpt_path or (resume_checkpoint(cfg.resume) if cfg.get("resume") else None)
     if ckpt_path not in (None, "last"):  # "last": Lightning's keyword for the run folder's own last.ckpt
         check_resumable(module, ckpt_path)
-    datamodule = instantiate(cfg.data)
-    trainer = build_trainer(cfg)
     try:
         with lightning_errors():
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -76,13 +96,17 @@ def run(cfg: DictConfig) -> Trained:
             log.warning(interrupted_message(cfg.output_dir, trainer.current_epoch))
         raise SystemExit(1) from None
 
-    # Keras' evaluate() after fit: the module holds the best epoch's weights if EarlyStopping restored them.
-    # Not sent to the loggers: their val curves already hold every epoch, and metrics.json holds these numbers.
-    loggers, trainer.loggers = trainer.loggers, []
-    val = trainer.validate(module, datamodule=datamodule, verbose=False)[0] if validation else {}
-    test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
+
+def evaluate(
+    module: Classifier, datamodule: L.LightningDataModule, trainer: L.Trainer, validation: bool
+) -> dict[str, Any]:
+    """Keras' evaluate() after fit, on val and test, with the module's best epoch's weights if EarlyStopping
+    restored them; and the epochs trained, where EarlyStopping stopped, and the number of parameters."""
+    with detached_loggers(trainer):
+        val = trainer.validate(module, datamodule=datamodule, verbose=False)[0] if validation else {}
+        test = trainer.test(module, datamodule=datamodule, verbose=False)[0]
     early_stopping = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
-    metrics = {
+    return {
         **{name: val[name] for name in ("val_loss", "val_accuracy") if validation},
         "test_loss": test["test_loss"],
         "test_accuracy": test["test_accuracy"],
@@ -90,52 +114,27 @@ def run(cfg: DictConfig) -> Trained:
         "stopped_epoch": early_stopping.stopped_epoch if early_stopping else 0,  # Keras' 0-based index, 0 = ran all
         "best_epoch": early_stopping.best_epoch if early_stopping else trainer.current_epoch - 1,
         "params": sum(p.numel() for p in module.parameters()),
-        "wall_time": round(time.perf_counter() - start, 2),
     }
-    if trainer.is_global_zero:  # under DDP every process gets here: one file, one line
-        write_text_atomic(f"{cfg.output_dir}/metrics.json", json.dumps(metrics, indent=2) + "\n")
-        log_hyperparameters(loggers, cfg, metrics)
-        scores = [f"{name} {metrics[name]:.4f}" for name in ("val_accuracy", "test_accuracy") if name in metrics]
-        losses = [f"{name} {metrics[name]:.4f}" for name in ("val_loss", "test_loss") if name in metrics]
-        log.info("%s  (%s, %d epochs, %s)", "  ".join(scores), ", ".join(losses), metrics["epochs"], cfg.output_dir)
-    return Trained(metrics, module, trainer)
 
 
-def log_hyperparameters(loggers: list[Logger], cfg: DictConfig, metrics: dict[str, Any]) -> None:
-    """TensorBoard's HParams tab: one row per run with the choices a reader compares, under the names they type,
-    beside the final numbers. Those are scalars too (the tab reads them from there): named final/*, they make one
-    collapsed group in the Scalars tab instead of four one-point charts among the curves.
+@contextlib.contextmanager
+def detached_loggers(trainer: L.Trainer) -> Iterator[None]:
+    """The Trainer without its loggers for the final evaluation: their val curves already hold every epoch, and
+    metrics.json holds these numbers."""
+    loggers, trainer.loggers = trainer.loggers, []
+    try:
+        yield
+    finally:
+        trainer.loggers = loggers
 
-    Each run writes only its session's start and end, not the experiment summary that Lightning's
-    `log_hyperparams` (torch's `hparams()`) adds to every run: from the sessions alone TensorBoard finds the choices
-    that differ between a sweep's runs and shows them first, where an experiment summary lists them alphabetically
-    and the table's first five columns hide the swept keys."""
-    model, optimizer = cfg.model, cfg.optimizer
 
-    def text(value: Any) -> str:  # a column holds one type; lists (one width per layer) and absent keys as text
-        return "–" if value is None else str(OmegaConf.to_object(value) if OmegaConf.is_config(value) else value)
-
-    params = {
-        "model": model._target_.rsplit(".", 1)[-1],
-        "hidden_units": text(model.get("hidden_units")),
-        "activation": text(model.get("activation")),
-        "dropout": float(model.get("dropout") or 0.0),
-        "optimizer": optimizer._target_.rsplit(".", 1)[-1] + (" nesterov" if optimizer.get("nesterov") else ""),
-        "learning_rate": float(optimizer.lr),
-        "batch_size": cfg.data.batch_size,
-        "epochs": cfg.trainer.max_epochs,
-        "seed": cfg.seed,
-    }
-    names = ("val_loss", "val_accuracy", "test_loss", "test_accuracy")
-    final = {f"final/{name}": metrics[name] for name in names if name in metrics}
-    for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):  # fit() closed the logger's writer: a file of its own, closed now
-            _experiment, session_start, session_end = hparams(params, final)
-            with contextlib.closing(FileWriter(logger.log_dir)) as writer:
-                for name, value in final.items():
-                    writer.add_summary(scalar(name, value))
-                writer.add_summary(session_start)
-                writer.add_summary(session_end)
+def report(metrics: dict[str, Any], trainer: L.Trainer, cfg: DictConfig) -> None:
+    """metrics.json, the run's row in TensorBoard's HParams tab, and the run's last line."""
+    write_text_atomic(f"{cfg.output_dir}/metrics.json", json.dumps(metrics, indent=2) + "\n")
+    log_hyperparameters(trainer.loggers, cfg, metrics)
+    scores = [f"{name} {metrics[name]:.4f}" for name in ("val_accuracy", "test_accuracy") if name in metrics]
+    losses = [f"{name} {metrics[name]:.4f}" for name in ("val_loss", "test_loss") if name in metrics]
+    log.info("%s  (%s, %d epochs, %s)", "  ".join(scores), ", ".join(losses), metrics["epochs"], cfg.output_dir)
 
 
 def build_module(cfg: DictConfig) -> Classifier:
@@ -174,6 +173,7 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     check_strategy(cfg.trainer)
     options = speed.trainer_options(cfg.trainer, cfg.callbacks)
+    options["plugins"] = [*instantiate(cfg.trainer.plugins or []), *slurm_plugins()]
     if not validation:
         options |= {"limit_val_batches": 0, "num_sanity_val_steps": 0}  # no validation loop at all
     with lightning_errors():
@@ -224,3 +224,16 @@ def lightning_errors() -> Iterator[None]:
         raise UserError(f"trainer: {error.__cause__ or error}") from None
     except MisconfigurationException as error:
         raise UserError(f"trainer: {error}") from None
+
+
+@command("train")
+def train(cfg: DictConfig) -> float | None:
+    # 7-1's scikit-learn baseline trains no network, so it never takes the Lightning path
+    metrics = cross_validate_baseline(cfg) if cfg.get("baseline") is not None else run(cfg).metrics
+    return metrics.get(cfg.optimized_metric) if cfg.optimized_metric else None  # what a Hydra sweeper maximises
+
+
+def main() -> None:
+    """`python train.py …` at the top of the checkout, `hgmldl-train …` where pip installed hgmldl."""
+    sys.argv[1:] = one_line_errors(resume_overrides)(sys.argv[1:])  # resume=<run dir>: that run's config, in its folder
+    train()

@@ -11,6 +11,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
 
+from hgmldl.config import command
 from hgmldl.errors import UserError
 from hgmldl.figures import plot_feature_maps, plot_filters, plot_weight_histogram, save_figure
 from hgmldl.images import pick_image
@@ -53,3 +54,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             save_figure(plot_feature_maps(maps, columns=8, title=title), output_dir / f"conv{number}_feature_maps.png")
     log.info("pictures: %s", output_dir)
     return stats
+
+
+@command("visualize")
+def main(cfg: DictConfig) -> None:
+    """`python visualize.py …` at the top of the checkout, `hgmldl-visualize …` where pip installed hgmldl."""
+    run(cfg)
