@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import nn
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from hgmldl.errors import UserError
+from hgmldl.metrics import SampleMean, hit_per_sample, loss_per_sample
 from hgmldl.models import INPUT_SHAPE, keras_init_
 
 Recipe = dict[str, Any] | Callable[..., Any]
@@ -45,25 +44,6 @@ def recipe_config(recipe: Recipe) -> dict[str, Any]:
 
 # Keras' History names: loss / accuracy while training, val_* on validation data, test_* from evaluate(test).
 STAGE_PREFIX = {"train": "", "val": "val_", "test": "test_"}
-
-
-class SampleMean(Metric):
-    """The mean over an epoch's samples, of one value per sample: a minibatch's loss repeated for each of its
-    samples (Keras' Mean of the loss), or whether each prediction is right (SparseCategoricalAccuracy). An update
-    only keeps the tensor, reduced at the epoch's end (across processes under DDP); torchmetrics' MeanMetric and
-    MulticlassAccuracy compute at every update, which a small model's update would feel (docs/performance.md)."""
-
-    full_state_update = False
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("values", default=[], dist_reduce_fx="cat")
-
-    def update(self, values: torch.Tensor) -> None:
-        self.values.append(values)
-
-    def compute(self) -> torch.Tensor:
-        return dim_zero_cat(self.values).float().mean()
 
 
 class Classifier(L.LightningModule):
@@ -101,9 +81,10 @@ class Classifier(L.LightningModule):
             self.net.compile()
         self.example_input_array = torch.zeros(1, *INPUT_SHAPE)  # gives ModelSummary Keras' output-shape column
         # The epoch means, keyed by their History names (loss, accuracy, val_loss, …).
-        self.epoch_metrics = nn.ModuleDict(
-            {f"{prefix}{name}": SampleMean() for prefix in STAGE_PREFIX.values() for name in ("loss", "accuracy")}
-        )
+        self.epoch_metrics = nn.ModuleDict()
+        for prefix in STAGE_PREFIX.values():
+            self.epoch_metrics[f"{prefix}loss"] = SampleMean(loss_per_sample)
+            self.epoch_metrics[f"{prefix}accuracy"] = SampleMean(hit_per_sample)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Logits; `predict_step` turns them into Keras' softmax probabilities."""
@@ -156,9 +137,10 @@ class Classifier(L.LightningModule):
         first minibatch: each `self.log` costs about as much as a small model's update (docs/performance.md)."""
         prefix = STAGE_PREFIX[stage]
         loss_mean, accuracy = self.epoch_metrics[f"{prefix}loss"], self.epoch_metrics[f"{prefix}accuracy"]
-        loss_mean.update(loss.detach().expand(len(labels)))
-        accuracy.update(logits.detach().argmax(dim=1) == labels)
-        if loss_mean.update_count > 1 or self._trainer is None:  # no Trainer: a step called by hand
+        first = loss_mean.update_count == 0
+        loss_mean.add(loss.detach(), labels)
+        accuracy.add(logits.detach(), labels)
+        if not first or self._trainer is None:  # no Trainer: a step called by hand
             return
         self.log(f"{prefix}loss", loss_mean, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
         self.log(f"{prefix}accuracy", accuracy, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(labels))
