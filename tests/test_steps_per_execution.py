@@ -1,14 +1,22 @@
 """Keras' steps_per_execution: N updates per Lightning step compute what N Lightning steps compute."""
 
+import contextlib
+import math
+from functools import partial
+
+import lightning as L
 import pytest
 import torch
 from lightning.pytorch.core.optimizer import LightningOptimizer
 
 from hgmldl.commands import train
 from hgmldl.commands.train import run
+from hgmldl.data import FashionMNISTDataModule
 from hgmldl.history import read_history
+from hgmldl.models import softmax
 from hgmldl.module import Classifier
-from hgmldl.steps_per_execution import plain_update
+from hgmldl.optimizers import KerasRMSprop
+from hgmldl.steps_per_execution import StepsPerExecution, plain_update
 
 # The generated data of tests/conftest.py: 400 training images in minibatches of 32.
 UPDATES_PER_EPOCH = 13
@@ -102,3 +110,29 @@ def test_the_progress_bar_counts_updates_as_keras_does(make_cfg, capsys, n):
     assert f"{UPDATES_PER_EPOCH}/{UPDATES_PER_EPOCH}" in counts
     if n == 4:  # the bar moves once per Lightning step: after the 4th, 8th and 12th update, and the last
         assert {"4/13", "8/13", "12/13"} <= counts and "1/13" not in counts
+
+
+class StopAfterOneEpoch(L.Callback):
+    def on_train_epoch_end(self, trainer, pl_module):
+        raise RuntimeError("stopped")
+
+
+@pytest.mark.parametrize("ending", ["finished", "failed"])
+def test_after_fit_the_module_is_plain_lightning_again(idx_dir, tmp_path, ending):
+    # hgmldl.fit's model trained on in a Trainer of your own: one update per step, and Lightning's own options
+    # (gradient accumulation needs automatic optimization), whether the fit with the callback finished or failed.
+    data = FashionMNISTDataModule(root=str(tmp_path / "data"), idx_dir=str(idx_dir), download=False)
+    module = Classifier(partial(softmax), partial(KerasRMSprop))
+    quiet = {
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "enable_checkpointing": False,
+    }
+    callbacks = [StepsPerExecution(4)] + ([StopAfterOneEpoch()] if ending == "failed" else [])
+    with contextlib.suppress(RuntimeError):
+        L.Trainer(max_epochs=1, callbacks=callbacks, **quiet).fit(module, datamodule=data)
+    assert module.automatic_optimization and "training_step" not in vars(module)
+    trainer = L.Trainer(max_epochs=1, accumulate_grad_batches=2, **quiet)
+    trainer.fit(module, datamodule=data)
+    assert trainer.global_step == math.ceil(UPDATES_PER_EPOCH / 2)
