@@ -8,8 +8,9 @@ import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import TQDMProgressBar
 
-from hgmldl.commands.train import run
+from hgmldl.commands.train import build_trainer, run
 from hgmldl.history import read_history
 from hgmldl.module import Classifier
 from tests.conftest import ROOT, make_idx_dataset
@@ -160,3 +161,26 @@ def test_tensorboard_curves_use_keras_names_and_epochs(make_cfg, tmp_path):
             scalars.setdefault(tag, []).extend(event.step for event in accumulator.Scalars(tag))
     for name in ("loss", "accuracy", "val_loss", "val_accuracy"):
         assert scalars[name] == [0, 1, 2], name  # one point per epoch, x-axis in epochs like History plots
+
+
+class Stream:
+    def __init__(self, terminal: bool) -> None:
+        self.terminal = terminal
+
+    def isatty(self) -> bool:
+        return self.terminal
+
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("stdout_is_a_terminal", "bar"), [(True, True), (False, False)])
+def test_the_progress_bar_shows_where_its_output_goes_to_a_terminal(make_cfg, monkeypatch, stdout_is_a_terminal, bar):
+    # Lightning's bar writes to stdout: `python train.py > log.txt` in a terminal gets no bar in its file.
+    monkeypatch.setattr(sys, "stdout", Stream(stdout_is_a_terminal))
+    monkeypatch.setattr(sys, "stderr", Stream(not stdout_is_a_terminal))
+    trainer = build_trainer(make_cfg("trainer.enable_progress_bar=null"))
+    assert isinstance(trainer.progress_bar_callback, TQDMProgressBar) is bar

@@ -164,9 +164,9 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         )
     callbacks = [instantiate(node) for node in cfg.callbacks.values() if validation or not watches_validation(node)]
     progress_bar = cfg.trainer.enable_progress_bar
-    if progress_bar is None:
-        progress_bar = sys.stderr.isatty()
-    if progress_bar:
+    if progress_bar is None:  # Lightning's bar writes to stdout: a terminal gets it, a file or CI log does not
+        progress_bar = sys.stdout.isatty()
+    if progress_bar:  # TQDM's, where Lightning would take Rich's, which the `rich` dependency makes importable
         callbacks.append(TQDMProgressBar())
     speed = StepsPerExecution(cfg.steps_per_execution)  # Keras' compile(steps_per_execution=N), docs/training.md
     callbacks.append(speed)
