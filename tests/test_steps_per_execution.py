@@ -1,7 +1,6 @@
 """Keras' steps_per_execution: N updates per Lightning step compute what N Lightning steps compute."""
 
 import contextlib
-import math
 from functools import partial
 
 import lightning as L
@@ -113,14 +112,19 @@ def test_the_progress_bar_counts_updates_as_keras_does(make_cfg, capsys, n):
 
 
 class StopAfterOneEpoch(L.Callback):
+    def __init__(self, ending: str) -> None:
+        self.ending = ending
+
     def on_train_epoch_end(self, trainer, pl_module):
-        raise RuntimeError("stopped")
+        if self.ending == "failed":
+            raise RuntimeError("stopped")
 
 
 @pytest.mark.parametrize("ending", ["finished", "failed"])
-def test_after_fit_the_module_is_plain_lightning_again(idx_dir, tmp_path, ending):
-    # hgmldl.fit's model trained on in a Trainer of your own: one update per step, and Lightning's own options
-    # (gradient accumulation needs automatic optimization), whether the fit with the callback finished or failed.
+def test_after_fit_steps_per_execution_1_makes_the_module_plain_lightning_again(idx_dir, tmp_path, ending):
+    # hgmldl.fit's model trained on in a Trainer of your own, whether the fit with the callback finished or failed:
+    # trainer.global_step counted the updates, and StepsPerExecution(1) gives back Lightning's own step, one
+    # minibatch and one update per step.
     data = FashionMNISTDataModule(root=str(tmp_path / "data"), idx_dir=str(idx_dir), download=False)
     module = Classifier(partial(softmax), partial(KerasRMSprop))
     quiet = {
@@ -129,10 +133,20 @@ def test_after_fit_the_module_is_plain_lightning_again(idx_dir, tmp_path, ending
         "enable_model_summary": False,
         "enable_checkpointing": False,
     }
-    callbacks = [StepsPerExecution(4)] + ([StopAfterOneEpoch()] if ending == "failed" else [])
+    trainer = L.Trainer(max_epochs=1, callbacks=[StepsPerExecution(4), StopAfterOneEpoch(ending)], **quiet)
     with contextlib.suppress(RuntimeError):
-        L.Trainer(max_epochs=1, callbacks=callbacks, **quiet).fit(module, datamodule=data)
-    assert module.automatic_optimization and "training_step" not in vars(module)
-    trainer = L.Trainer(max_epochs=1, accumulate_grad_batches=2, **quiet)
+        trainer.fit(module, datamodule=data)
+    assert trainer.global_step == UPDATES_PER_EPOCH
+    steps = CountSteps()
+    trainer = L.Trainer(max_epochs=1, callbacks=[StepsPerExecution(1), steps], **quiet)
     trainer.fit(module, datamodule=data)
-    assert trainer.global_step == math.ceil(UPDATES_PER_EPOCH / 2)
+    assert module.automatic_optimization and "training_step" not in vars(module)
+    assert trainer.global_step == steps.count == UPDATES_PER_EPOCH
+
+
+class CountSteps(L.Callback):
+    def __init__(self) -> None:
+        self.count = 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.count += 1

@@ -39,7 +39,10 @@ warnings.filterwarnings("ignore", message=r"You are using the `dataloader_iter` 
 class StepsPerExecution(L.Callback):
     """`Trainer(callbacks=[StepsPerExecution(50)])`: 50 optimizer updates per Lightning step, each the module's own
     `training_step` on one minibatch; the numbers are those of one update per step (tests/test_steps_per_execution.py).
-    When fit ends, or fails, the module is plain Lightning again, one update per step in a Trainer without it."""
+    After fit the module keeps the execution step and manual optimization, as a Keras model keeps its `compile`
+    settings: Lightning reads `trainer.global_step` from the counter of the module's current optimization mode, so
+    it keeps counting updates. A Trainer with this callback sets the module anew; `StepsPerExecution(1)` makes it
+    plain Lightning again."""
 
     def __init__(self, steps: int) -> None:
         if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
@@ -90,6 +93,9 @@ class StepsPerExecution(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # After Lightning has read configure_optimizers as for automatic optimization, which keeps the scheduler's
         # `monitor` (ReduceLROnPlateau) for on_train_epoch_end, and before the loops restore a checkpoint.
+        if isinstance(getattr(pl_module.training_step, "__self__", None), StepsPerExecution):
+            del pl_module.training_step  # the execution step of an earlier fit
+            pl_module.automatic_optimization = True
         if self.steps == 1:
             return
         pl_module.automatic_optimization = False
@@ -98,19 +104,6 @@ class StepsPerExecution(L.Callback):
         # An instance attribute: Lightning looks the step up on the module, and the `dataloader_iter` parameter
         # makes Lightning hand over the epoch's iterator instead of one minibatch.
         pl_module.training_step = self.execute
-
-    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self.restore(pl_module)
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        self.restore(pl_module)
-
-    def restore(self, pl_module: L.LightningModule) -> None:
-        """The module as it was before fit, plain Lightning, for whatever Trainer comes next."""
-        if getattr(pl_module.training_step, "__self__", None) is self:
-            del pl_module.training_step
-            pl_module.automatic_optimization = True
 
     def execute(self, dataloader_iter: Iterator[tuple[Any, int, int]]) -> torch.Tensor:
         """One Lightning step: the textbook training step and one optimizer update for each of the next N
