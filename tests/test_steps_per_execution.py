@@ -99,18 +99,6 @@ def test_plain_update_counts_as_lightnings_own_step_does():
     torch.testing.assert_close(calls[1][1], torch.zeros(2))
 
 
-@pytest.mark.parametrize("n", [1, 4])
-def test_the_progress_bar_counts_updates_as_keras_does(make_cfg, capsys, n):
-    # Keras' bar reads 13/13 for 13 minibatches whatever steps_per_execution is; Lightning's counts the minibatches
-    # its fetcher handed to the step.
-    train.run(make_cfg(f"steps_per_execution={n}", "trainer.enable_progress_bar=true", "trainer.max_epochs=1"))
-    bars = [line for line in capsys.readouterr().out.replace("\r", "\n").splitlines() if line.startswith("Epoch 0:")]
-    counts = {line.split("|")[2].split()[0] for line in bars}
-    assert f"{UPDATES_PER_EPOCH}/{UPDATES_PER_EPOCH}" in counts
-    if n == 4:  # the bar moves once per Lightning step: after the 4th, 8th and 12th update, and the last
-        assert {"4/13", "8/13", "12/13"} <= counts and "1/13" not in counts
-
-
 class StopAfterOneEpoch(L.Callback):
     def __init__(self, ending: str) -> None:
         self.ending = ending
