@@ -255,7 +255,7 @@ class Residual(nn.Module):
             nn.Sequential(nn.Flatten(), nn.Linear(784, 10)),
             {},
             "model.h5",
-            r"^model.h5: name the file \*.keras, the only suffix Keras 3's load_model opens$",
+            r"/model.h5: name the file \*.keras, the only suffix Keras 3's load_model opens$",
         ),
     ],
 )
