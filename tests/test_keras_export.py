@@ -25,6 +25,7 @@ import hgmldl
 from hgmldl.api import compose_config
 from hgmldl.commands.train import run
 from hgmldl.errors import UserError
+from hgmldl.keras_export import keras_optimizer
 from hgmldl.models import describe, feature_extractor
 from hgmldl.module import Classifier
 from tests.conftest import FASHION_MNIST_DIR, ROOT
@@ -205,6 +206,41 @@ def test_the_books_names_and_keras_defaults(tmp_path):
         "beta_2": 0.999,
         "epsilon": 1e-7,
     }
+
+
+# Keras' defaults (keras/src/optimizers/*.py): each conf/optimizer option is the Keras optimizer it was written after.
+KERAS_DEFAULTS = {
+    "SGD": {"learning_rate": 0.01, "momentum": 0.0, "nesterov": False},
+    "RMSprop": {"learning_rate": 0.001, "rho": 0.9, "epsilon": 1e-7},
+    "Adam": {"learning_rate": 0.001, "beta_1": 0.9, "beta_2": 0.999, "epsilon": 1e-7},
+    "Adagrad": {"learning_rate": 0.001, "initial_accumulator_value": 0.1, "epsilon": 1e-7},
+}
+KERAS_NAMES = {"SGD": "SGD", "RMSprop": "rmsprop", "Adam": "adam", "Adagrad": "adagrad"}
+OPTIMIZERS = {
+    "sgd": ("SGD", {}),
+    "sgd_lr0.1": ("SGD", {"learning_rate": 0.1}),  # 7-2's SGD(learning_rate=0.1)
+    "nesterov": ("SGD", {"momentum": 0.9, "nesterov": True}),  # 7-2's SGD(momentum=0.9, nesterov=True)
+    "rmsprop": ("RMSprop", {}),
+    "rmsprop_torch": ("RMSprop", {"momentum": 0, "centered": False}),
+    "adam": ("Adam", {}),
+    "adam_torch": ("Adam", {"amsgrad": False}),
+    "adagrad": ("Adagrad", {}),
+    "adagrad_torch": ("Adagrad", {}),
+}
+
+
+def optimizer_config(option: str) -> dict:
+    cfg = compose_config("train", [f"optimizer={option}"], "unused")
+    return keras_optimizer(OmegaConf.to_container(cfg.optimizer, resolve=True))
+
+
+@pytest.mark.parametrize("option", OPTIMIZERS)
+def test_each_optimizer_option_is_the_keras_optimizer_it_stands_for(option):
+    kind, settings = OPTIMIZERS[option]
+    config = optimizer_config(option)
+    assert config["class_name"] == kind
+    assert config["config"] == {"name": KERAS_NAMES[kind], **KERAS_DEFAULTS[kind], **settings}
+    assert sorted(OPTIMIZERS) == sorted(path.stem for path in (ROOT / "conf" / "optimizer").glob("*.yaml"))
 
 
 class Residual(nn.Module):
@@ -403,3 +439,12 @@ def test_the_books_8_3_code_runs_on_a_cnn_trained_here(keras, test_set, tmp_path
         with torch.no_grad():
             ours = feature_extractor(history.model, index)(ankle_boot).permute(0, 2, 3, 1).numpy()
         np.testing.assert_allclose(feature_maps, ours, atol=1e-5)
+
+
+def test_keras_builds_each_optimizer_option_with_its_settings(keras):
+    for option in OPTIMIZERS:
+        config = optimizer_config(option)
+        optimizer = keras.optimizers.deserialize(config)
+        assert type(optimizer).__name__.lower() == config["class_name"].lower()  # deserialize gives torch_sgd.sgd
+        for key, value in config["config"].items():
+            assert optimizer.get_config()[key] == (pytest.approx(value) if isinstance(value, float) else value), key

@@ -34,7 +34,7 @@ LOSS, METRICS = "sparse_categorical_crossentropy", ["accuracy"]  # Classifier's 
 # The Keras optimizers hgmldl's configs name (hgmldl.optimizers' KerasAdam…, torch.optim's with Keras' numbers), and
 # Keras' name of each setting. A setting at its neutral value (0, False, None: torch's weight_decay=0, foreach=None)
 # changes nothing and is left out; any other has no counterpart in Keras and is refused.
-KERAS_OPTIMIZERS = ("SGD", "RMSprop", "Adam", "Adagrad")
+KERAS_OPTIMIZERS = {"SGD": "SGD", "RMSprop": "rmsprop", "Adam": "adam", "Adagrad": "adagrad"}  # and their own names
 KERAS_SETTINGS = {
     "lr": "learning_rate",
     "eps": "epsilon",
@@ -210,7 +210,7 @@ def keras_optimizer(optimizer: dict[str, Any]) -> dict[str, Any]:
         if parameter.default is not inspect.Parameter.empty
     }
     settings = {**defaults, **{key: value for key, value in optimizer.items() if not key.startswith("_")}}
-    config: dict[str, Any] = {"name": name.lower()}
+    config: dict[str, Any] = {"name": KERAS_OPTIMIZERS[name]}  # without it, Keras 3.15 names RMSprop rm_sprop
     for key, value in settings.items():
         if key == "betas":
             config["beta_1"], config["beta_2"] = map(float, value)
