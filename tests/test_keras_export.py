@@ -270,6 +270,18 @@ class Residual(nn.Module):
             r"must end in a Linear that outputs logits",
         ),
         (
+            nn.Sequential(nn.Flatten(), nn.Linear(784, 10), nn.ReLU(), nn.Tanh(), nn.Linear(10, 10)),
+            {},
+            "m.keras",
+            r"^layer 3 is a Tanh after a ReLU; Keras has one activation inside a Conv2D or a Dense, and none elsewhere$",
+        ),
+        (
+            nn.Sequential(nn.Flatten(), nn.ReLU(), nn.Linear(784, 10)),
+            {},
+            "m.keras",
+            r"^layer 1 is a ReLU after a Flatten; Keras has one activation",
+        ),
+        (
             nn.Sequential(nn.Conv2d(1, 4, 3, stride=2), nn.Flatten(), nn.Linear(676, 10)),
             {},
             "m.keras",

@@ -28,6 +28,7 @@ from hgmldl.files import open_atomic
 from hgmldl.keras_weights import WEIGHTS
 from hgmldl.models import ACTIVATIONS, BOOK_LAYER_NAMES, IMAGE_SIZE, INPUT_SHAPE, KERAS_LAYERS, describe, keras_layers
 from hgmldl.module import Classifier
+from hgmldl.saving import load_model
 
 KERAS_VERSION = "3.4.1"  # the format written: the book's own file's (hg-mldl's best-cnn-model.keras)
 LOSS, METRICS = "sparse_categorical_crossentropy", ["accuracy"]  # Classifier's cross-entropy and accuracy
@@ -55,8 +56,6 @@ def save_keras(model_or_checkpoint: nn.Module | str | Path, path: str | Path) ->
     The learning-rate schedule and the optimizer's state are not kept (Keras keeps neither in compile())."""
     path = check_keras_path(path)
     if isinstance(model_or_checkpoint, str | Path):
-        from hgmldl.saving import load_model  # saving.py imports keras_weights, as this module does
-
         model_or_checkpoint = load_model(model_or_checkpoint)
     net = getattr(model_or_checkpoint, "net", model_or_checkpoint)
     hparams = getattr(model_or_checkpoint, "hparams", {})
@@ -65,7 +64,7 @@ def save_keras(model_or_checkpoint: nn.Module | str | Path, path: str | Path) ->
     with open_atomic(path, "wb") as file, zipfile.ZipFile(file, "w") as archive:
         archive.writestr("metadata.json", json.dumps(metadata))
         archive.writestr("config.json", json.dumps(config))
-        archive.writestr(WEIGHTS, weights_file(net, config["config"]["name"]))
+        archive.writestr(WEIGHTS, weights_file(net, config))
     return path
 
 
@@ -133,10 +132,10 @@ def keras_layer_configs(net: nn.Module) -> list[dict[str, Any]]:
     configs = [{"module": "keras.layers", "class_name": "InputLayer", "config": input_layer, "registered_name": None}]
     for name, span in layers:
         layer, fused = net[span.start], net[span.start + 1 : span.stop]
-        if fused and not isinstance(layer, nn.Linear | nn.Conv2d):
+        if fused and (len(fused) > 1 or not isinstance(layer, nn.Linear | nn.Conv2d)):
             raise UserError(
-                f"layer {span.start + 1}, a {type(fused[0]).__name__} after a {type(layer).__name__}: "
-                "Keras has activations inside Conv2D and Dense only"
+                f"layer {span.start + len(fused)} is a {type(fused[-1]).__name__} after a {type(net[span.stop - 2]).__name__}; "
+                "Keras has one activation inside a Conv2D or a Dense, and none elsewhere"
             )
         activation = next((key for key, kind in ACTIVATIONS.items() if fused and isinstance(fused[0], kind)), "linear")
         if span == last:
@@ -237,16 +236,18 @@ def keras_kernel(weight: torch.Tensor, layer: nn.Module, flattened: tuple[int, .
     return array.T
 
 
-def weights_file(net: nn.Sequential, model_name: str) -> bytes:
+def weights_file(net: nn.Sequential, config: dict[str, Any]) -> bytes:
     """model.weights.h5 as Keras 3 writes it: `layers/<name>/vars/0` the kernel and `vars/1` the bias of each Conv2D
-    and Dense, an empty `vars` group for the other layers, the model's own and the optimizer's (no state)."""
+    and Dense, an empty `vars` group for the other layers, the model's own and the optimizer's (no state). `<name>`
+    is Keras' class-numbered name whatever name config.json gives the layer (7-2's `hidden` is stored as `dense`)."""
+    given = [layer["config"]["name"] for layer in config["config"]["layers"][1:]]
     buffer = io.BytesIO()
     flattened = None
     with h5py.File(buffer, "w") as h5:
-        for name, span in keras_layers(net).items():
+        for (name, span), given_name in zip(keras_layers(net).items(), given, strict=True):
             layer = net[span.start]
             group = h5.create_group(f"layers/{name}/vars")
-            group.attrs["name"] = name
+            group.attrs["name"] = given_name
             if isinstance(layer, nn.Flatten):  # the map it flattens, for the Linear after it
                 flattened = map_shape(net[: span.start])
             if isinstance(layer, nn.Conv2d | nn.Linear):
@@ -254,7 +255,7 @@ def weights_file(net: nn.Sequential, model_name: str) -> bytes:
                 group.create_dataset("1", data=layer.bias.detach().cpu().float().numpy())
                 flattened = None
         h5.create_group("optimizer/vars")
-        h5.create_group("vars").attrs["name"] = model_name
+        h5.create_group("vars").attrs["name"] = config["config"]["name"]
     return buffer.getvalue()
 
 
