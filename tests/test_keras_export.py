@@ -3,8 +3,9 @@
 Without Keras (the fast suite): the file goes back through hgmldl's own import to the same predictions, and a numpy
 reading of the file in Keras' NHWC layout (config.json's layers, model.weights.h5's arrays) gives the probabilities
 Keras itself computed from such a file, recorded in tests/golden/keras_export.npz with the layers and compile config
-Keras read. With Keras 3 installed (`pip install keras`, the torch backend), the tests marked `keras` load the files
-in Keras itself; `RECORD_KERAS_EXPORT=1` makes them record the golden file again.
+Keras read. With Keras 3 installed (`pip install -e '.[keras]'`, the torch backend), the tests that take the `keras`
+fixture, skipped without it, load the files in Keras itself; `RECORD_KERAS_EXPORT=1` makes them record the golden
+file again.
 """
 
 import json
