@@ -84,14 +84,14 @@ def check_exportable(model: dict[str, Any], optimizer: dict[str, Any], path: str
 def keras_config(net: nn.Module, model: dict[str, Any] | None, optimizer: dict[str, Any] | None) -> dict[str, Any]:
     """config.json: the Sequential whose layers compute what `net` computes, and what compile() was given."""
     layers = keras_layer_configs(net)
-    model_name, names = BOOK_LAYER_NAMES.get(describe(dict(model)) if model else "", ("sequential", {}))
+    names = BOOK_LAYER_NAMES.get(describe(dict(model)) if model else "", {})
     for layer in layers[1:]:
         layer["config"]["name"] = names.get(layer["config"]["name"], layer["config"]["name"])
     input_shape = layers[0]["config"]["batch_shape"]
     config = {
         "module": "keras",
         "class_name": "Sequential",
-        "config": {"name": model_name, "trainable": True, "dtype": "float32", "layers": layers},
+        "config": {"name": "sequential", "trainable": True, "dtype": "float32", "layers": layers},
         "registered_name": None,
         "build_config": {"input_shape": input_shape},
     }
