@@ -364,7 +364,9 @@ needs_data = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def keras():
     os.environ.setdefault("KERAS_BACKEND", "torch")
-    return pytest.importorskip("keras", reason="pip install keras (or the bench extra) to open the files in Keras")
+    return pytest.importorskip(
+        "keras", reason="pip install -e .[keras] (Keras 3 alone) to open the files in Keras itself"
+    )
 
 
 @pytest.fixture(scope="module")
