@@ -1,7 +1,8 @@
 """hgmldl: the Keras chapters of 혼자 공부하는 머신러닝+딥러닝 (7-8) and Deep Learning with Python (2) in Lightning + Hydra.
 
 From Python, as the book's Keras: `history = hgmldl.fit("experiment=ch7_3_callbacks")`, then `history.history`,
-`history.model`, `hgmldl.load_data("val")`, `hgmldl.evaluate(ckpt)`, `hgmldl.predict(ckpt)`, `hgmldl.load(ckpt)`, `hgmldl.summary(model)`.
+`history.model`, `hgmldl.load_data("val")`, `hgmldl.evaluate(ckpt)`, `hgmldl.predict(ckpt)`, `hgmldl.load(ckpt)`, `hgmldl.summary(model)`,
+`hgmldl.save_keras(model, "best-cnn-model.keras")`.
 """
 
 import importlib
@@ -55,6 +56,7 @@ _API = {
     "load": ("hgmldl.saving", "load_model"),  # Keras' load_model
     "load_data": ("hgmldl.api", "load_data"),
     "predict": ("hgmldl.api", "predict"),
+    "save_keras": ("hgmldl.keras_export", "save_keras"),  # Keras' model.save('….keras')
     "show_data": ("hgmldl.api", "show_data"),
     "summarize": ("hgmldl.api", "summarize"),
     "summary": ("hgmldl.model_summary", "summary"),

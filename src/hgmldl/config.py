@@ -50,6 +50,7 @@ class TrainSchema:
     compile: bool = MISSING
     ckpt_path: str | None = MISSING
     resume: str | None = MISSING
+    keras: str | None = MISSING
     optimized_metric: str | None = MISSING
     output_dir: str = MISSING
     data: Any = MISSING

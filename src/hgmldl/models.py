@@ -24,6 +24,10 @@ KERAS_LAYERS = {
     nn.Linear: ("Dense", "dense"),
     nn.Dropout: ("Dropout", "dropout"),
 }
+# The names the book gives layers, where it names them (7-2: Dense(100, activation='sigmoid', name='hidden'),
+# Dense(10, activation='softmax', name='output')), by the model config's `describe`; elsewhere Keras' own (dense,
+# dense_1, …). Not 7-2's model name '패션 MNIST 모델': TensorFlow's predict refuses a name that is not ASCII.
+BOOK_LAYER_NAMES = {"mlp(hidden_units=100, activation=sigmoid, dropout=0.0)": {"dense": "hidden", "dense_1": "output"}}
 
 
 def describe(model: dict[str, Any]) -> str:

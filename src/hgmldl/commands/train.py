@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import lightning as L
@@ -23,6 +24,7 @@ from hgmldl.config import check_config, command
 from hgmldl.errors import UserError, one_line_errors
 from hgmldl.files import write_text_atomic
 from hgmldl.hparams import log_hyperparameters
+from hgmldl.keras_export import check_exportable, save_keras
 from hgmldl.module import Classifier
 from hgmldl.resume import (
     check_resumable,
@@ -49,6 +51,9 @@ class Trained(NamedTuple):
 def run(cfg: DictConfig) -> Trained:
     """Trains the configured network, writes `metrics.json` and returns what it trained."""
     check_config(cfg)
+    if cfg.keras:  # what the file cannot hold, refused before training rather than after it
+        model, optimizer = (OmegaConf.to_container(node, resolve=True) for node in (cfg.model, cfg.optimizer))
+        check_exportable(model, optimizer, cfg.keras)
     start = time.perf_counter()
     set_up_process(cfg.seed)
     module, datamodule, trainer = build(cfg)
@@ -56,7 +61,7 @@ def run(cfg: DictConfig) -> Trained:
     metrics = evaluate(module, datamodule, trainer, has_validation(cfg))
     metrics["wall_time"] = round(time.perf_counter() - start, 2)
     if trainer.is_global_zero:  # under DDP every process gets here: one file, one line
-        report(metrics, trainer, cfg)
+        report(metrics, module, trainer, cfg)
     return Trained(metrics, module, trainer)
 
 
@@ -128,9 +133,11 @@ def detached_loggers(trainer: L.Trainer) -> Iterator[None]:
         trainer.loggers = loggers
 
 
-def report(metrics: dict[str, Any], trainer: L.Trainer, cfg: DictConfig) -> None:
-    """metrics.json, the run's row in TensorBoard's HParams tab, and the run's last line."""
+def report(metrics: dict[str, Any], module: Classifier, trainer: L.Trainer, cfg: DictConfig) -> None:
+    """metrics.json, the `keras=` file, the run's row in TensorBoard's HParams tab, and the run's last line."""
     write_text_atomic(f"{cfg.output_dir}/metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if cfg.keras:  # a relative path is in the run folder, beside checkpoints/, so a sweep's runs keep one each
+        log.info("Keras' model.save: %s", save_keras(module, Path(cfg.output_dir) / cfg.keras))
     log_hyperparameters(trainer.loggers, cfg, metrics)
     scores = [f"{name} {metrics[name]:.4f}" for name in ("val_accuracy", "test_accuracy") if name in metrics]
     losses = [f"{name} {metrics[name]:.4f}" for name in ("val_loss", "test_loss") if name in metrics]
