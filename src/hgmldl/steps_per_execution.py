@@ -9,11 +9,13 @@ gradient clipping, `optimizer_step`, and the step-interval schedulers. Batch-lev
 run once per N updates, as Keras documents for its own option. What it cannot do as Lightning does, it refuses in
 one line when fit starts (docs/training.md has the table). N = 1 is plain Lightning: the callback does nothing.
 
-This file is the one seam: the module, the data module and the other callbacks do not know N. It holds the two
-private Lightning APIs on the training path, each in one small function with its test: `plain_update` (an update
-without Lightning's per-update plumbing, where nothing needs it) and `synchronize_update_counts`.
+This file is the one seam: the module, the data module and the other callbacks do not know N. It holds the private
+Lightning APIs on the training path, each in one small function with its test: the update counting of
+`plain_update` (an update without Lightning's per-update plumbing, where nothing needs it) and
+`counted_as_automatic_optimization_counts`, `start_logging_minibatch`, and `synchronize_update_counts`.
 """
 
+import contextlib
 import itertools
 import warnings
 from collections.abc import Iterator
@@ -61,14 +63,20 @@ class StepsPerExecution(L.Callback):
         if self.steps == 1:
             return
         refuse_what_cannot_run(trainer, pl_module, self.steps)
-        self.trainer_options = (trainer.val_check_interval, trainer.log_every_n_steps)
-        trainer.val_check_interval, trainer.log_every_n_steps = counted_in_executions(trainer, self.steps)
+        self.log_every_n_steps = trainer.log_every_n_steps
+        # Lightning counts log_every_n_steps in its own steps: at most one log per execution, as in Keras, and at
+        # least as often as asked.
+        trainer.log_every_n_steps = max(1, trainer.log_every_n_steps // self.steps)
+        self.val_check_batch = None
         self.checkpoint_every = [
             every for every in (checkpoint_every_n_train_steps(c) for c in trainer.checkpoint_callbacks) if every
         ]
         self.plain = plain_updates_are_exact(trainer, pl_module)
         self.clips = trainer.gradient_clip_val or is_overridden("configure_gradient_clipping", pl_module)
         self.module, self.training_step, self.log = pl_module, pl_module.training_step, pl_module.log
+        self.own_attributes = {
+            name: vars(pl_module)[name] for name in ("training_step", "log") if name in vars(pl_module)
+        }
         pl_module.automatic_optimization = False
         # Instance attributes: Lightning looks the step up on the module, and the `dataloader_iter` parameter makes
         # Lightning hand over the epoch's iterator instead of one minibatch. `log` fills in `batch_size`, which
@@ -78,6 +86,23 @@ class StepsPerExecution(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         synchronize_update_counts(trainer)  # a checkpoint saved with another N, restored just before this hook
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning has just worked out how many minibatches lie between validations. It counts them in its own
+        # steps, and validates after an epoch's last execution in any case: a validation inside the epoch comes
+        # after the same minibatch as with N = 1 where both counts are whole numbers of executions.
+        if self.module is None or trainer.val_check_batch == self.val_check_batch:
+            return
+        every, batches = trainer.val_check_batch, trainer.num_training_batches
+        if isinstance(every, int) and (every < batches or trainer.check_val_every_n_epoch is None):
+            if every % self.steps or batches % every or trainer.check_val_every_n_epoch is None:
+                raise UserError(
+                    f"StepsPerExecution({self.steps}): val_check_interval asks for a validation every {every} of the "
+                    f"epoch's {batches} minibatches; it needs a multiple of {self.steps} that divides the epoch: "
+                    "change val_check_interval or the number of steps per execution"
+                )
+            trainer.val_check_batch = every // self.steps
+        self.val_check_batch = trainer.val_check_batch
 
     def execute(self, dataloader_iter: Iterator[tuple[Any, int, int]]) -> Any:
         """One Lightning step: for each of the next N minibatches, one update as automatic optimization makes it.
@@ -89,7 +114,9 @@ class StepsPerExecution(L.Callback):
         for every in self.checkpoint_every:  # end on ModelCheckpoint's update counts, so it saves where N = 1 does
             steps = min(steps, every - trainer.global_step % every)
         output = None
-        for batch, batch_idx, _ in itertools.islice(dataloader_iter, steps):
+        for i, (batch, batch_idx, _) in enumerate(itertools.islice(dataloader_iter, steps)):
+            if i:  # Lightning did this for the execution's first minibatch
+                start_logging_minibatch(trainer)
             self.batch = transfer(trainer, self.module, batch)
             output = self.update(trainer, self.batch, batch_idx)
             self.step_schedulers(trainer, "step", batch_idx + 1)
@@ -118,7 +145,8 @@ class StepsPerExecution(L.Callback):
             optimizer.zero_grad()
             plain_update(optimizer, loss_of(output))
         else:
-            module.optimizer_step(trainer.current_epoch, batch_idx, optimizer, closure)
+            with counted_as_automatic_optimization_counts(optimizer):
+                module.optimizer_step(trainer.current_epoch, batch_idx, optimizer, closure)
         return detached(output)
 
     def log_minibatch(self, name: str, value: Any, *args: Any, batch_size: int | None = None, **kwargs: Any) -> None:
@@ -161,9 +189,10 @@ class StepsPerExecution(L.Callback):
         if self.module is None:
             return
         del self.module.training_step, self.module.log
+        vars(self.module).update(self.own_attributes)  # a wrapper a user had put there
         self.module.automatic_optimization = True
         synchronize_update_counts(trainer)
-        trainer.val_check_interval, trainer.log_every_n_steps = self.trainer_options
+        trainer.log_every_n_steps = self.log_every_n_steps
         self.module = self.batch = None
 
 
@@ -199,21 +228,6 @@ def refuse_what_cannot_run(trainer: L.Trainer, module: L.LightningModule, n: int
                 f"StepsPerExecution({n}) clips gradients before on_before_optimizer_step, where Lightning clips "
                 f"after it: {use}"
             )
-
-
-def counted_in_executions(trainer: L.Trainer, n: int) -> tuple[Any, int]:
-    """Integer `val_check_interval` and `log_every_n_steps`, which Lightning counts in its own steps, converted from
-    updates. A validation every k updates needs k to be a whole number of executions; step-level values are logged
-    every ⌊k/N⌋ executions, at least as often as asked, and at most once per execution, as in Keras."""
-    interval, every = trainer.val_check_interval, trainer.log_every_n_steps
-    if isinstance(interval, int):
-        if interval % n:
-            raise UserError(
-                f"val_check_interval={interval} updates is not a whole number of steps of steps_per_execution={n} "
-                f"updates: give a multiple of {n}, a fraction of the epoch, or steps_per_execution=1"
-            )
-        interval //= n
-    return interval, max(1, every // n)
 
 
 def checkpoint_every_n_train_steps(callback: Any) -> int:
@@ -285,6 +299,29 @@ def plain_update(optimizer: LightningOptimizer, loss: torch.Tensor | None) -> No
     optimizer._on_before_step()
     optimizer.optimizer.step()
     optimizer._on_after_step()
+
+
+@contextlib.contextmanager
+def counted_as_automatic_optimization_counts(optimizer: LightningOptimizer) -> Iterator[None]:
+    """The update counted around the module's `optimizer_step` hook, as automatic optimization counts it, so that
+    the hook reads `trainer.global_step` as it does there; manual optimization counts inside `optimizer.step()`.
+    The same private LightningOptimizer counting as `plain_update`."""
+    before, after = optimizer._on_before_step, optimizer._on_after_step
+    optimizer._on_before_step = optimizer._on_after_step = lambda: None
+    before()
+    try:
+        yield
+    finally:
+        optimizer._on_before_step, optimizer._on_after_step = before, after
+    after()
+
+
+def start_logging_minibatch(trainer: L.Trainer) -> None:
+    """What Lightning's logging does at each minibatch's start: past the epoch's first minibatch, `self.log` adds
+    to the epoch's sums rather than starting them anew when the logging hook changes (training_step,
+    on_before_optimizer_step, …). Lightning's private logger connector, tested on the `lightning` versions that
+    pyproject.toml admits (tests/test_steps_per_execution_conformance.py)."""
+    trainer._logger_connector.on_batch_start(None)
 
 
 def synchronize_update_counts(trainer: L.Trainer) -> None:
