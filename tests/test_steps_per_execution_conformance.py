@@ -176,9 +176,9 @@ def fit(module_class, options: dict, n: int, folder, *callbacks: L.Callback):
     L.seed_everything(0, verbose=False)
     module = module_class()
     train, val = loaders()
-    settings = {"enable_checkpointing": False, "enable_progress_bar": False, "enable_model_summary": False}
+    settings = {"max_epochs": EPOCHS, "enable_checkpointing": False, "enable_progress_bar": False}
     trainer = L.Trainer(
-        max_epochs=EPOCHS,
+        enable_model_summary=False,
         callbacks=[*callbacks, StepsPerExecution(n)],
         logger=CSVLogger(folder),
         **settings | options,
@@ -249,3 +249,13 @@ def test_a_trainer_without_the_callback_trains_the_module_as_plain_lightning(tmp
     again = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
     again.fit(module, loaders()[0])
     assert again.global_step == BATCHES and math.isfinite(again.callback_metrics["train_loss"])
+
+
+@pytest.mark.parametrize(("first", "then"), [(N, 1), (1, N)])
+def test_a_checkpoint_resumed_with_another_n_goes_on_counting_updates(tmp_path, first, then):
+    checkpoint = ModelCheckpoint(tmp_path / "checkpoints", save_last=True)
+    module, trainer = fit(LitRegressor, {"max_epochs": 1, "enable_checkpointing": True}, first, tmp_path, checkpoint)
+    assert trainer.global_step == BATCHES
+    resumed = L.Trainer(max_epochs=EPOCHS, callbacks=[StepsPerExecution(then)], logger=False, enable_progress_bar=False)
+    resumed.fit(LitRegressor(), loaders()[0], ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    assert resumed.global_step == EPOCHS * BATCHES
