@@ -259,3 +259,27 @@ def test_a_checkpoint_resumed_with_another_n_goes_on_counting_updates(tmp_path, 
     resumed = L.Trainer(max_epochs=EPOCHS, callbacks=[StepsPerExecution(then)], logger=False, enable_progress_bar=False)
     resumed.fit(LitRegressor(), loaders()[0], ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
     assert resumed.global_step == EPOCHS * BATCHES
+
+
+class ScalingDataModule(L.LightningDataModule):
+    def train_dataloader(self):
+        return loaders()[0]
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        return x * 3, y
+
+    def on_after_batch_transfer(self, batch, dataloader_idx):
+        x, y = batch
+        return x + 1, y
+
+
+def test_a_data_modules_transfer_hooks_run_for_every_minibatch():
+    weights = []
+    for n in (1, N):
+        L.seed_everything(0, verbose=False)
+        module = LitRegressor()
+        trainer = L.Trainer(max_epochs=2, callbacks=[StepsPerExecution(n)], logger=False, enable_progress_bar=False)
+        trainer.fit(module, datamodule=ScalingDataModule())
+        weights.append(module.net[0].weight.detach())
+    torch.testing.assert_close(weights[1], weights[0])

@@ -72,6 +72,8 @@ class StepsPerExecution(L.Callback):
             every for every in (checkpoint_every_n_train_steps(c) for c in trainer.checkpoint_callbacks) if every
         ]
         self.plain = plain_updates_are_exact(trainer, pl_module)
+        self.transfers = batches_need_transfer(trainer, pl_module)
+        self.steps_schedulers = any(config.interval == "step" for config in trainer.lr_scheduler_configs)
         self.clips = trainer.gradient_clip_val or is_overridden("configure_gradient_clipping", pl_module)
         self.module, self.training_step, self.log = pl_module, pl_module.training_step, pl_module.log
         self.own_attributes = {
@@ -114,13 +116,15 @@ class StepsPerExecution(L.Callback):
         for every in self.checkpoint_every:  # end on ModelCheckpoint's update counts, so it saves where N = 1 does
             steps = min(steps, every - trainer.global_step % every)
         output = None
+        convert = trainer.precision_plugin.convert_input
         for i, (batch, batch_idx, _) in enumerate(itertools.islice(dataloader_iter, steps)):
-            if i:  # Lightning did this for the execution's first minibatch
+            if i == 1:  # Lightning did this for the execution's first minibatch; later ones change nothing
                 start_logging_minibatch(trainer)
-            self.batch = transfer(trainer, self.module, batch)
+            self.batch = transfer(trainer, self.module, convert(batch)) if self.transfers else convert(batch)
             output = self.update(trainer, self.batch, batch_idx)
-            self.step_schedulers(trainer, "step", batch_idx + 1)
-        return output
+            if self.steps_schedulers:
+                self.step_schedulers(trainer, "step", batch_idx + 1)
+        return detached(output)
 
     def update(self, trainer: L.Trainer, batch: Any, batch_idx: int) -> Any:
         """Automatic optimization's order: training_step, optimizer_zero_grad, backward, clipping, the step."""
@@ -147,7 +151,7 @@ class StepsPerExecution(L.Callback):
         else:
             with counted_as_automatic_optimization_counts(optimizer):
                 module.optimizer_step(trainer.current_epoch, batch_idx, optimizer, closure)
-        return detached(output)
+        return output
 
     def log_minibatch(self, name: str, value: Any, *args: Any, batch_size: int | None = None, **kwargs: Any) -> None:
         """`self.log` inside the training step, with the batch size Lightning infers from a minibatch."""
@@ -235,10 +239,21 @@ def checkpoint_every_n_train_steps(callback: Any) -> int:
     return callback._every_n_train_steps if isinstance(callback, ModelCheckpoint) else 0
 
 
+def batches_need_transfer(trainer: L.Trainer, module: L.LightningModule) -> bool:
+    """Whether Lightning's batch transfer would change a minibatch: a transfer hook of the module or the data module,
+    or a device other than the CPU, where a DataLoader's tensors are (the transfer costs as much as a tenth of a
+    small model's update)."""
+    datamodule = trainer.datamodule
+    return trainer.strategy.root_device.type != "cpu" or any(
+        is_overridden(hook, module, L.LightningModule)
+        or (datamodule is not None and is_overridden(hook, datamodule, L.LightningDataModule))
+        for hook in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
+    )
+
+
 def transfer(trainer: L.Trainer, module: L.LightningModule, batch: Any) -> Any:
-    """What Lightning does to each minibatch it hands a step: precision's conversion, then the batch-transfer hooks
-    of the data module where it overrides them, or of the module."""
-    batch = trainer.precision_plugin.convert_input(batch)
+    """What Lightning does to each minibatch, after precision's conversion, before it hands it to a step: the
+    batch-transfer hooks of the data module where it overrides them, or of the module."""
     datamodule = trainer.datamodule
     if datamodule is not None and is_overridden("on_before_batch_transfer", datamodule, L.LightningDataModule):
         batch = datamodule.on_before_batch_transfer(batch, 0)
