@@ -45,8 +45,9 @@ MODULE_UPDATE_HOOKS = (*UPDATE_HOOKS, "optimizer_step", "optimizer_zero_grad", "
 
 class StepsPerExecution(L.Callback):
     """`Trainer(callbacks=[StepsPerExecution(50)])`: 50 optimizer updates per Lightning step, each one as Lightning's
-    automatic optimization makes it, on any LightningModule (tests/test_steps_per_execution.py holds the table of
-    modules and Trainer options it is checked on). When fit ends or fails, the module is plain Lightning again."""
+    automatic optimization makes it, on any LightningModule (tests/test_steps_per_execution_conformance.py holds the
+    table of modules and Trainer options it is checked on). When fit ends or fails, the module is plain Lightning
+    again."""
 
     def __init__(self, steps: int) -> None:
         if not (isinstance(steps, int) and not isinstance(steps, bool) and steps >= 1):
@@ -127,9 +128,15 @@ class StepsPerExecution(L.Callback):
         return detached(output)
 
     def update(self, trainer: L.Trainer, batch: Any, batch_idx: int) -> Any:
-        """Automatic optimization's order: training_step, optimizer_zero_grad, backward, clipping, the step."""
-        module, optimizer = self.module, self.module.optimizers()
-        output = None
+        """One minibatch's update, in automatic optimization's order: training_step, optimizer_zero_grad, backward,
+        clipping, the optimizer's step. Returns what training_step returned."""
+        optimizer = self.module.optimizers()
+        if self.plain:
+            output = self.training_step(batch, batch_idx)
+            optimizer.zero_grad()
+            plain_update(optimizer, loss_of(output))
+            return output
+        module, output = self.module, None
 
         def closure() -> torch.Tensor | None:
             nonlocal output
@@ -144,13 +151,8 @@ class StepsPerExecution(L.Callback):
                     )
             return loss
 
-        if self.plain:
-            output = self.training_step(batch, batch_idx)
-            optimizer.zero_grad()
-            plain_update(optimizer, loss_of(output))
-        else:
-            with counted_as_automatic_optimization_counts(optimizer):
-                module.optimizer_step(trainer.current_epoch, batch_idx, optimizer, closure)
+        with counted_as_automatic_optimization_counts(optimizer):
+            module.optimizer_step(trainer.current_epoch, batch_idx, optimizer, closure)
         return output
 
     def log_minibatch(self, name: str, value: Any, *args: Any, batch_size: int | None = None, **kwargs: Any) -> None:
