@@ -18,7 +18,7 @@ Lightning APIs on the training path, each in one small function with its test: t
 import contextlib
 import itertools
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import lightning as L
@@ -73,7 +73,7 @@ class StepsPerExecution(L.Callback):
             every for every in (checkpoint_every_n_train_steps(c) for c in trainer.checkpoint_callbacks) if every
         ]
         self.plain = plain_updates_are_exact(trainer, pl_module)
-        self.transfers = batches_need_transfer(trainer, pl_module)
+        self.transfer = batch_transfer(trainer, pl_module)
         self.steps_schedulers = any(config.interval == "step" for config in trainer.lr_scheduler_configs)
         self.clips = trainer.gradient_clip_val or is_overridden("configure_gradient_clipping", pl_module)
         self.module, self.training_step, self.log = pl_module, pl_module.training_step, pl_module.log
@@ -121,7 +121,7 @@ class StepsPerExecution(L.Callback):
         for i, (batch, batch_idx, _) in enumerate(itertools.islice(dataloader_iter, steps)):
             if i == 1:  # Lightning did this for the execution's first minibatch; later ones change nothing
                 start_logging_minibatch(trainer)
-            self.batch = transfer(trainer, self.module, convert(batch)) if self.transfers else convert(batch)
+            self.batch = self.transfer(convert(batch)) if self.transfer else convert(batch)
             output = self.update(trainer, self.batch, batch_idx)
             if self.steps_schedulers:
                 self.step_schedulers(trainer, "step", batch_idx + 1)
@@ -241,27 +241,27 @@ def checkpoint_every_n_train_steps(callback: Any) -> int:
     return callback._every_n_train_steps if isinstance(callback, ModelCheckpoint) else 0
 
 
-def batches_need_transfer(trainer: L.Trainer, module: L.LightningModule) -> bool:
-    """Whether Lightning's batch transfer would change a minibatch: a transfer hook of the module or the data module,
-    or a device other than the CPU, where a DataLoader's tensors are (the transfer costs as much as a tenth of a
-    small model's update)."""
-    datamodule = trainer.datamodule
-    return trainer.strategy.root_device.type != "cpu" or any(
-        is_overridden(hook, module, L.LightningModule)
-        or (datamodule is not None and is_overridden(hook, datamodule, L.LightningDataModule))
-        for hook in ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
-    )
+TRANSFER_HOOKS = ("on_before_batch_transfer", "transfer_batch_to_device", "on_after_batch_transfer")
 
 
-def transfer(trainer: L.Trainer, module: L.LightningModule, batch: Any) -> Any:
-    """What Lightning does to each minibatch, after precision's conversion, before it hands it to a step: the
-    batch-transfer hooks of the data module where it overrides them, or of the module."""
+def batch_transfer(trainer: L.Trainer, module: L.LightningModule) -> Callable[[Any], Any] | None:
+    """What Lightning does to each minibatch before it hands it to a step, after precision's conversion: the three
+    batch-transfer hooks, each the data module's where it overrides it, else the module's, as Lightning picks them.
+    None where that changes nothing: no hook overridden, on the CPU, where a DataLoader's tensors are (Lightning's
+    own call of the hooks costs a tenth of a small model's update)."""
     datamodule = trainer.datamodule
-    if datamodule is not None and is_overridden("on_before_batch_transfer", datamodule, L.LightningDataModule):
-        batch = datamodule.on_before_batch_transfer(batch, 0)
-    else:
-        batch = module.on_before_batch_transfer(batch, 0)
-    return trainer.strategy.batch_to_device(batch, dataloader_idx=0)  # transfer_batch_to_device, on_after_…
+    hooks, overridden = [], False
+    for name in TRANSFER_HOOKS:
+        if datamodule is not None and is_overridden(name, datamodule, L.LightningDataModule):
+            hooks.append(getattr(datamodule, name))
+        else:
+            hooks.append(getattr(module, name))
+        overridden = overridden or is_overridden(name, hooks[-1].__self__)
+    device = trainer.strategy.root_device
+    if device.type == "cpu" and not overridden:
+        return None
+    before, to_device, after = hooks
+    return lambda batch: after(to_device(before(batch, 0), device, 0), 0)
 
 
 def loss_of(output: Any) -> torch.Tensor | None:
