@@ -88,11 +88,21 @@ class KerasDropoutMasks:
 
 
 class StepLosses(L.Callback):
+    """Each update's loss, from a wrapper of the module's own step, which StepsPerExecution (set up after this
+    callback) runs per minibatch."""
+
     def __init__(self) -> None:
         self.losses: list[torch.Tensor] = []
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
-        self.losses.append(outputs["loss"].detach().reshape(-1))
+    def setup(self, trainer, module, stage) -> None:
+        training_step = module.training_step
+
+        def recording_step(batch, batch_idx):
+            loss = training_step(batch, batch_idx)
+            self.losses.append(loss.detach().reshape(-1))
+            return loss
+
+        module.training_step = recording_step
 
 
 def keras_layout(net: nn.Sequential, keras_shapes: dict[str, list[np.ndarray]]) -> dict[str, np.ndarray]:

@@ -110,17 +110,15 @@ def test_limit_batches_count_minibatches(make_cfg, n):
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_val_check_interval_counts_updates(make_cfg, n):
-    cfg = make_cfg(f"steps_per_execution={n}", "trainer.val_check_interval=4", "callbacks=default")
+    cfg = make_cfg(f"steps_per_execution={n}", "trainer.val_check_interval=4", "trainer.limit_train_batches=12")
     _, recorder = fit(cfg)
-    # Every 4 updates of each 13-update epoch; with N > 1 Lightning also validates at the end of each epoch (it
-    # always does when a step takes its minibatches from `dataloader_iter`).
-    ends = [13, 26] if n > 1 else []
-    assert recorder.validated_at == sorted([4, 8, 12, 13 + 4, 13 + 8, 13 + 12, *ends])
+    assert recorder.validated_at == [4, 8, 12, 12 + 4, 12 + 8, 12 + 12]  # every 4 updates of each 12-update epoch
 
 
-def test_val_check_interval_that_splits_an_execution_is_refused(make_cfg):
-    with pytest.raises(UserError, match=r"val_check_interval=6 .* multiple of 4"):
-        build_trainer(make_cfg("steps_per_execution=4", "trainer.val_check_interval=6"))
+def test_val_check_interval_that_splits_an_execution_or_the_epoch_is_refused(make_cfg):
+    for interval, n in ((6, 4), (4, 2)):  # 4 does not divide the epoch's 13 updates
+        with pytest.raises(UserError, match=rf"a validation every {interval} of the epoch's 13 minibatches"):
+            fit(make_cfg(f"steps_per_execution={n}", f"trainer.val_check_interval={interval}"))
 
 
 def test_check_val_every_n_epoch_validates_every_other_epoch(make_cfg, tmp_path):
@@ -129,16 +127,22 @@ def test_check_val_every_n_epoch_validates_every_other_epoch(make_cfg, tmp_path)
     assert recorder.validated_at == [2 * UPDATES_PER_EPOCH, 4 * UPDATES_PER_EPOCH]
 
 
-def test_log_every_n_steps_is_counted_in_updates(make_cfg):
-    assert build_trainer(make_cfg("steps_per_execution=4", "trainer.log_every_n_steps=8")).log_every_n_steps == 2
-    assert build_trainer(make_cfg("steps_per_execution=1", "trainer.log_every_n_steps=8")).log_every_n_steps == 8
-    with pytest.raises(UserError, match="log_every_n_steps=6"):
-        build_trainer(make_cfg("steps_per_execution=4", "trainer.log_every_n_steps=6"))
+class LoggingCadence(L.Callback):
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.during_fit = trainer.log_every_n_steps
 
 
-def test_log_every_n_steps_runs(make_cfg):
-    trainer, _ = fit(make_cfg("steps_per_execution=4", "trainer.log_every_n_steps=8", "trainer.max_epochs=1"))
-    assert trainer.global_step == UPDATES_PER_EPOCH and trainer.log_every_n_steps == 2
+@pytest.mark.parametrize(("every", "n", "executions"), [(8, 4, 2), (8, 1, 8), (6, 4, 1), (2, 4, 1)])
+def test_log_every_n_steps_is_counted_in_executions_while_fit_runs(make_cfg, every, n, executions):
+    # Lightning counts it in its own steps: every 8 updates is every 2 executions of 4; 6 is at least as often,
+    # and 2 once per execution, as often as Keras logs.
+    cadence = LoggingCadence()
+    cfg = make_cfg(f"steps_per_execution={n}", f"trainer.log_every_n_steps={every}", "trainer.max_epochs=1")
+    trainer = build_trainer(cfg)
+    trainer.callbacks.append(cadence)
+    trainer.fit(build_module(cfg), datamodule=instantiate(cfg.data))
+    assert cadence.during_fit == executions and trainer.log_every_n_steps == every
+    assert trainer.global_step == UPDATES_PER_EPOCH
 
 
 @pytest.mark.parametrize("algorithm", ["norm", "value"])
@@ -162,10 +166,9 @@ def test_gradient_clipping_bounds_every_update(make_cfg, algorithm):
     assert (sizes <= bound).all() and (sizes > bound / 2).all()  # clipped, and the gradients were larger than clip
 
 
-@pytest.mark.parametrize("option", ["gradient_clip_val=1.0", "accumulate_grad_batches=2"])
-def test_options_that_need_one_update_per_step_are_refused_before_training(make_cfg, option):
-    with pytest.raises(UserError, match=rf"trainer.{option.split('=')[0]} needs steps_per_execution=1"):
-        build_trainer(make_cfg("steps_per_execution=4", f"trainer.{option}"))
+def test_accumulation_with_several_updates_per_step_is_refused_before_training(make_cfg):
+    with pytest.raises(UserError, match=r"does not accumulate gradients .* StepsPerExecution\(1\)"):
+        fit(make_cfg("steps_per_execution=4", "trainer.accumulate_grad_batches=2"))
 
 
 def test_accumulate_grad_batches_makes_one_update_per_group(make_cfg):
@@ -225,7 +228,7 @@ def test_progress_bar_counts_updates_as_keras_does(make_cfg, capsys, n):
 BAD_OPTIONS = [
     "data.eval_batch_size=0",
     "steps_per_execution=0",
-    "trainer.gradient_clip_val=1.0",
+    "trainer.accumulate_grad_batches=2",
     "trainer.strategy=ddp_spawn",
 ]
 
@@ -268,11 +271,9 @@ def test_options_that_would_train_nothing_are_refused(make_cfg, option):
 
 def test_checkpoint_every_n_train_steps_counts_updates(make_cfg, tmp_path):
     every = "++callbacks.model_checkpoint.every_n_train_steps"
-    with pytest.raises(UserError, match="every_n_train_steps=6 is not a multiple of steps_per_execution=4"):
-        build_trainer(make_cfg("steps_per_execution=4", f"{every}=6"))
-    cfg = make_cfg("steps_per_execution=4", f"{every}=8", "callbacks=default", "trainer.max_epochs=1")
+    cfg = make_cfg("steps_per_execution=4", f"{every}=6", "callbacks=default", "trainer.max_epochs=1")
     cfg.callbacks.model_checkpoint.filename = "step{step}"
     cfg.callbacks.model_checkpoint.save_top_k, cfg.callbacks.model_checkpoint.monitor = -1, None
     fit(cfg)
     saved = sorted(path.name for path in (tmp_path / "run" / "checkpoints").glob("step*.ckpt"))
-    assert saved == ["step8.ckpt"]  # after update 8 (the epoch's 13 updates hold no 16th)
+    assert saved == ["step12.ckpt", "step6.ckpt"]  # executions end after updates 6 and 12, as N = 1 saves

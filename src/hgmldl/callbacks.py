@@ -132,15 +132,16 @@ class TerminateOnNaN(L.Callback):
     """Keras' TerminateOnNaN, ending the run with an error at the first NaN or infinite training loss.
 
     It stops within the Lightning step where the loss diverged, before a checkpoint or history.csv can record
-    the broken weights, so both keep the epochs before it. Costs one device sync per step.
+    the broken weights, so both keep the epochs before it: with steps_per_execution=N it sees the step's last loss,
+    which a diverged update earlier in the step has made NaN too. Costs one device sync per step.
     """
 
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        losses = outputs["loss"]
-        if not torch.isfinite(losses).all():
-            bad = losses[~torch.isfinite(losses)][0].item()
+        loss = outputs["loss"]
+        if not torch.isfinite(loss):
+            bad = loss.item()
             lr = trainer.optimizers[0].param_groups[0]["lr"]
             raise UserError(
                 f"the training loss became {bad} in epoch {trainer.current_epoch + 1}: the learning rate is "

@@ -155,7 +155,7 @@ def build_module(cfg: DictConfig) -> Classifier:
 
 
 def build_trainer(cfg: DictConfig) -> L.Trainer:
-    """The Trainer with the configured callbacks and logger, its options counted in minibatch updates.
+    """The Trainer with the configured callbacks and logger.
 
     The progress bar is TQDM's, and only in a terminal: Lightning 2.6 defaults to Rich's bar, which fills log
     files and CI logs with unreadable redraws; there the HistoryCSV callback prints one line per epoch instead.
@@ -175,12 +175,10 @@ def build_trainer(cfg: DictConfig) -> L.Trainer:
         progress_bar = sys.stdout.isatty()
     if progress_bar:  # TQDM's, where Lightning would take Rich's, which the `rich` dependency makes importable
         callbacks.append(TQDMProgressBar())
-    speed = StepsPerExecution(cfg.steps_per_execution)  # Keras' compile(steps_per_execution=N), docs/training.md
-    callbacks.append(speed)
+    callbacks.append(StepsPerExecution(cfg.steps_per_execution))  # Keras' compile(steps_per_execution=N)
     logger = instantiate(cfg.logger) if cfg.get("logger") else False
     check_strategy(cfg.trainer)
-    options = speed.trainer_options(cfg.trainer, cfg.callbacks)
-    options["plugins"] = [*instantiate(cfg.trainer.plugins or []), *slurm_plugins()]
+    options: dict[str, Any] = {"plugins": [*instantiate(cfg.trainer.plugins or []), *slurm_plugins()]}
     if not validation:
         options |= {"limit_val_batches": 0, "num_sanity_val_steps": 0}  # no validation loop at all
     with lightning_errors():
