@@ -103,6 +103,9 @@ def test_book_node_does_not_reach_training(make_cfg):
     assert "book" not in OmegaConf.to_container(cfg.model) and "book" not in cfg.callbacks
 
 
+@pytest.mark.filterwarnings(
+    "ignore::sklearn.exceptions.ConvergenceWarning"
+)  # the book's max_iter=5 stops early, as there
 def test_sgd_baseline_cross_validates_all_training_images(tmp_path, idx_dir):
     """`python train.py experiment=ch7_1_sgd_baseline` as a user runs it: 7-1's cross_validate on every training
     image, its mean the run's last line and metrics.json's val_accuracy."""
