@@ -188,6 +188,7 @@ def test_a_requeued_job_ends_as_the_uninterrupted_run(cluster, tmp_path, idx_dir
     restart_now(cluster, job)
     wait_for(lambda: job_field(cluster, job, "JobState") == "COMPLETED", "the requeued job to end")
     assert reference.wait(timeout=120) == 0, reference.stderr.read()
+    reference.stderr.close()
     assert job_field(cluster, job, "Restarts") == "1"
     assert_same_run(run_dir, reference_dir)
     assert list((tmp_path / "outputs").glob("*")) == ([] if fixed else [run_dir])  # the restart made no other folder
@@ -215,6 +216,7 @@ def test_a_requeued_sweep_job_ends_as_the_uninterrupted_one(cluster, tmp_path, i
     subprocess.run(["scancel", "--signal=USR2", f"{array}_0"], env=cluster, check=True)
     restart_now(cluster, f"{array}_0")
     assert launcher.wait(timeout=240) == 0, launcher.stderr.read()
+    launcher.stderr.close()
     assert_same_run(*jobs)
     printed = job_log(sweep, f"{array}_0")
     for epoch in (1, 2, 3):
