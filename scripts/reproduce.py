@@ -61,6 +61,7 @@ class Job:
     preset: str
     overrides: list[str]
     book: list[dict[str, Any]]  # the preset's `book:` entries: key, value, band, what, [checkpoint]
+    extra: list[str] = field(default_factory=list)  # the overrides every run got, as the report shows them
     scores: list[dict[str, Any]] = field(default_factory=list)
     histories: list[list[dict[str, float]]] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
@@ -73,7 +74,7 @@ class Job:
 
     @property
     def command(self) -> str:
-        return " ".join(["python train.py", f"experiment={self.preset}", *self.overrides])
+        return " ".join(["python train.py", f"experiment={self.preset}", *self.overrides, *self.extra])
 
 
 @one_line_errors  # a bad override: one `error:` line
@@ -133,7 +134,7 @@ def sweep_jobs(preset: str, overrides: list[str]) -> list[Job]:
         else [f"{sweep.get_key_element()}={sweep.get_value_element_as_str()}"]
         for sweep in OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
     ]
-    return [Job(preset, list(combination), book) for combination in itertools.product(*choices)]
+    return [Job(preset, list(combination), book, shown(overrides)) for combination in itertools.product(*choices)]
 
 
 def run_job(
@@ -232,7 +233,8 @@ def report(jobs: list[Job], seeds: list[int], started: datetime.datetime, argv: 
     lines = [
         "# Book experiments: reproduction report",
         "",
-        f"Written by `python scripts/reproduce.py {' '.join(argv)}`".rstrip() + f" on {started:%Y-%m-%d %H:%M} UTC.",
+        f"Written by `python scripts/reproduce.py {' '.join(shown(argv))}`".rstrip()
+        + f" on {started:%Y-%m-%d %H:%M} UTC.",
         f"Seeds {', '.join(map(str, seeds))}; ours = mean ± standard deviation over the n runs of each row; "
         "in band = our mean inside the band of the book's printed runs (each preset's `book:` node says which).",
         f"Versions: torch {torch.__version__}, lightning {lightning.__version__}, hydra-core {hydra.__version__}, "
@@ -245,6 +247,20 @@ def report(jobs: list[Job], seeds: list[int], started: datetime.datetime, argv: 
     ]
     errors = [f"- {job.name}: `` error: {job.error} ``" for job in jobs if job.error]  # `` as the message may hold `
     return "\n".join([*lines, *(["", "Not run:", "", *errors] if errors else [])]) + "\n"
+
+
+def shown(args: list[str]) -> list[str]:
+    """Arguments as a report others read shows them: what decided the numbers, not this machine's folders. --out
+    and --runs-dir are left out, and an override's path (`data.idx_dir=~/mnist`) is written `data.idx_dir=…`."""
+    result, skip = [], False
+    for arg in map(str, args):
+        if skip or arg.split("=")[0] in ("--out", "--runs-dir"):
+            skip = arg in ("--out", "--runs-dir")  # its value is the next argument
+            continue
+        key, equals, value = arg.partition("=")
+        path = equals and not key.startswith("-") and ("/" in value or "\\" in value or value.startswith("~"))
+        result.append(f"{key}=…" if path else arg)
+    return result
 
 
 def score_key(entry: dict[str, Any]) -> str:

@@ -103,6 +103,9 @@ def test_book_node_does_not_reach_training(make_cfg):
     assert "book" not in OmegaConf.to_container(cfg.model) and "book" not in cfg.callbacks
 
 
+@pytest.mark.filterwarnings(
+    "ignore::sklearn.exceptions.ConvergenceWarning"
+)  # the book's max_iter=5 stops early, as there
 def test_sgd_baseline_cross_validates_all_training_images(tmp_path, idx_dir):
     """`python train.py experiment=ch7_1_sgd_baseline` as a user runs it: 7-1's cross_validate on every training
     image, its mean the run's last line and metrics.json's val_accuracy."""
@@ -171,7 +174,11 @@ def test_quick_reproduction_writes_a_table_of_every_job(reproduce, tmp_path, idx
     ]
     assert all(len(row) == 10 and row[-1] == "cpu" for row in rows)
     softmax = json.loads((tmp_path / "runs" / "ch7_1_softmax" / "seed42" / "metrics.json").read_text())
-    assert rows[1][1] == "`python train.py experiment=ch7_1_softmax`"
+    quick = "trainer.max_epochs=1 trainer.limit_train_batches=2 trainer.limit_val_batches=1 steps_per_execution=2"
+    shown = "data.idx_dir=… data.root=… data.download=false"  # what ran, not where this machine keeps it
+    assert rows[1][1] == f"`python train.py experiment=ch7_1_softmax {quick} {shown}`"
+    assert rows[3][1] == f"`python train.py experiment=ch7_2_optimizers optimizer=sgd {quick} {shown}`"
+    assert str(tmp_path) not in (tmp_path / "RESULTS.md").read_text()
     assert rows[1][2] == (
         "val_accuracy 0.8458, band 0.8358–0.8565 (evaluate(val) accuracy; TF 2.14 run 0.8465)"
     )  # from the preset's book: node
@@ -201,7 +208,7 @@ def test_quick_reproduction_writes_a_table_of_every_job(reproduce, tmp_path, idx
     written = history.stat().st_mtime_ns
     with open(tmp_path / "RESULTS.md", "a") as file:
         file.write("\n## Notes\n\nBy hand.\n")
-    reproduce("--quick", "--only", "ch7_1_softmax", "--out", tmp_path, "--runs-dir", tmp_path / "runs")
+    reproduce("--quick", "--only", "ch7_1_softmax", "--out", tmp_path, "--runs-dir", tmp_path / "runs", *common)
     assert history.stat().st_mtime_ns == written
     report = (tmp_path / "RESULTS.md").read_text()
     assert table_rows(report) == [rows[1]]
@@ -230,6 +237,25 @@ def test_save_load_and_checkpoint_rows_come_from_the_reloaded_checkpoint(reprodu
         assert reloaded["val_accuracy"] == pytest.approx(history[epoch]["val_accuracy"], abs=1e-6)
 
 
+def test_a_row_shows_the_overrides_it_ran_with_and_no_folder_of_this_machine(reproduce, tmp_path, idx_dir):
+    """A bf16 reproduction's row says `trainer=cpu_bf16` (it runs, or says why not where the CPU lacks bf16)."""
+    runs, data = tmp_path / "runs", tmp_path / "data"
+    argv = ["--quick", "--only", "ch7_1_softmax", "--out", tmp_path, "--runs-dir", runs, f"data.idx_dir={idx_dir}"]
+    reproduce(*argv, f"data.root={data}", "data.download=false", "trainer=cpu_bf16")
+    report = (tmp_path / "RESULTS.md").read_text()
+    [row] = table_rows(report)
+    assert row[1].startswith("`python train.py experiment=ch7_1_softmax trainer.max_epochs=1 ")
+    assert row[1].endswith(" data.idx_dir=… data.root=… data.download=false trainer=cpu_bf16`")
+    written_by = "Written by `python scripts/reproduce.py --quick --only ch7_1_softmax data.idx_dir=… data.root=… "
+    assert written_by + "data.download=false trainer=cpu_bf16` on " in report
+    assert str(tmp_path) not in report
+
+
+def test_the_committed_report_names_no_folder_of_the_machine_that_wrote_it():
+    report = (ROOT / "experiments" / "RESULTS.md").read_text()
+    assert re.findall(r"(?:^|[\s`(])((?:/[\w.-]+){2,})", report, flags=re.MULTILINE) == []
+
+
 def test_reproduction_reports_a_preset_that_cannot_run(reproduce, tmp_path):
     options = ["--out", tmp_path, "--runs-dir", tmp_path / "runs", f"data.root={tmp_path}", "data.download=false"]
     reproduce("--only", "dlp2_ch2_mnist", *options)
@@ -237,7 +263,7 @@ def test_reproduction_reports_a_preset_that_cannot_run(reproduce, tmp_path):
     [row] = table_rows(report)
     assert row[3] == "not run (error below)"
     assert f"- dlp2_ch2_mnist: `` error: MNIST IDX files not found in {tmp_path / 'MNIST' / 'raw'}" in report
-    reproduce("--report-only", "--only", "dlp2_ch2_mnist", *options[:4])  # the failure is remembered, not retried
+    reproduce("--report-only", "--only", "dlp2_ch2_mnist", *options)  # the failure is remembered, not retried
     assert (tmp_path / "RESULTS.md").read_text().split("UTC.")[1] == report.split("UTC.")[1]
 
 

@@ -52,6 +52,7 @@ def test_links_point_at_files_and_headings_that_exist(path: Path) -> None:
     assert not broken
 
 
+@pytest.mark.filterwarnings("ignore:The number of training batches")  # 13 on the generated data; the real has 1500
 def test_python_code_runs_as_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each Python block of README.md, unchanged, in a folder where the data modules' default root (`data/`) holds
     generated Fashion-MNIST, as a reader's folder holds the real one."""

@@ -23,6 +23,7 @@ def read_rows(path):
 
 
 @pytest.mark.parametrize("shuffle", SHUFFLES)
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")  # the resume, in the run's folder
 def test_resumed_run_equals_uninterrupted_run(make_cfg, tmp_path, shuffle):
     # dropout_mlp: the resumed epochs need the checkpoint's random generator state to draw the same masks.
     common = ("model=dropout_mlp", "callbacks=early_stopping", "callbacks.early_stopping.patience=5")

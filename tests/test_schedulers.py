@@ -54,6 +54,7 @@ def test_no_scheduler_by_default_and_no_lr_column(make_cfg, tmp_path):
         assert "lr" not in next(csv.reader(file))
 
 
+@pytest.mark.filterwarnings("ignore:`max_epochs` was not set")  # a Trainer as Lightning's tuning docs build it
 def test_lightnings_learning_rate_finder_runs_on_the_module(make_cfg, tmp_path):
     cfg = make_cfg("steps_per_execution=1", "model=softmax")
     trainer = L.Trainer(accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_progress_bar=False)

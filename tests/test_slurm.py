@@ -3,13 +3,17 @@ two-process DDP run under srun, and jobs that SLURM signals, requeues and restar
 
 import csv
 import json
+import os
+import re
 import subprocess
 import sys
 import time
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 
+from hgmldl.config import CONFIG_DIR, register_configs
 from tests.conftest import ROOT
 from tests.slurm_cluster import slurm_cluster, unavailable
 
@@ -40,10 +44,10 @@ LAUNCHER = [
 ]
 
 
-def sbatch(env, script, *options):
-    """Submits `script` (a bash script's body) and returns the job id."""
+def sbatch(env, script, *options, folder=ROOT):
+    """Submits `script` (a bash script's body), to run in `folder`, and returns the job id."""
     result = subprocess.run(
-        ["sbatch", "--parsable", f"--chdir={ROOT}", *options],
+        ["sbatch", "--parsable", f"--chdir={folder}", *options],
         input=f"#!/bin/bash\n{script}\n",
         env=env,
         capture_output=True,
@@ -161,13 +165,21 @@ REQUEUED_RUN = ["model=dropout_mlp", "steps_per_execution=1", "trainer.max_epoch
 REQUEUED_RUN += ["++callbacks.slow._target_=tests.slow_training.SlowSteps", "++callbacks.slow.seconds=0.1"]
 
 
-def test_a_requeued_job_ends_as_the_uninterrupted_run(cluster, tmp_path, idx_dir):
-    run_dir, reference_dir, output = tmp_path / "run", tmp_path / "reference", tmp_path / "job.out"
+# Where the job's run goes: the folder hydra.run.dir names, or by default outputs/slurm-<job id> (an array task's
+# outputs/slurm-<array job>_<task>) in the folder the job runs in. With sbatch's options for each.
+RUN_FOLDERS = {"hydra.run.dir": [], "the job's": [], "an array task's": ["--array=0"]}
+
+
+@pytest.mark.parametrize("folder", RUN_FOLDERS)
+def test_a_requeued_job_ends_as_the_uninterrupted_run(cluster, tmp_path, idx_dir, folder):
+    reference_dir, output, fixed = tmp_path / "reference", tmp_path / "job.out", folder == "hydra.run.dir"
     args = [*REQUEUED_RUN, *data_args(tmp_path, idx_dir)]
-    train = ["train.py", f"hydra.run.dir={run_dir}", *args]
+    train = [str(ROOT / "train.py"), *args, *([f"hydra.run.dir={tmp_path / 'run'}"] if fixed else [])]
     # As on a cluster: the signal 30 s before the time limit, and the job may be requeued; the log goes on.
     options = ["--time=5", "--signal=USR1@30", "--requeue", "--open-mode=append", f"--output={output}"]
-    job = sbatch(cluster, f"srun {sys.executable} {' '.join(train)}", *options)
+    job = sbatch(cluster, f"srun {sys.executable} {' '.join(train)}", *options, *RUN_FOLDERS[folder], folder=tmp_path)
+    job += "_0" if RUN_FOLDERS[folder] else ""  # the array's one task, as squeue and scontrol name it
+    run_dir = tmp_path / "run" if fixed else tmp_path / "outputs" / f"slurm-{job}"
     reference = subprocess.Popen(
         [sys.executable, "train.py", f"hydra.run.dir={reference_dir}", *args], cwd=ROOT, stderr=subprocess.PIPE
     )
@@ -176,8 +188,10 @@ def test_a_requeued_job_ends_as_the_uninterrupted_run(cluster, tmp_path, idx_dir
     restart_now(cluster, job)
     wait_for(lambda: job_field(cluster, job, "JobState") == "COMPLETED", "the requeued job to end")
     assert reference.wait(timeout=120) == 0, reference.stderr.read()
+    reference.stderr.close()
     assert job_field(cluster, job, "Restarts") == "1"
     assert_same_run(run_dir, reference_dir)
+    assert list((tmp_path / "outputs").glob("*")) == ([] if fixed else [run_dir])  # the restart made no other folder
     printed = output.read_text()  # both runs of the job
     # Every epoch line once, with its training loss and accuracy: the requeued job did not start again.
     for epoch in (1, 2, 3):
@@ -202,8 +216,56 @@ def test_a_requeued_sweep_job_ends_as_the_uninterrupted_one(cluster, tmp_path, i
     subprocess.run(["scancel", "--signal=USR2", f"{array}_0"], env=cluster, check=True)
     restart_now(cluster, f"{array}_0")
     assert launcher.wait(timeout=240) == 0, launcher.stderr.read()
+    launcher.stderr.close()
     assert_same_run(*jobs)
     printed = job_log(sweep, f"{array}_0")
     for epoch in (1, 2, 3):
         assert printed.count(f"Epoch {epoch}/3 - ") == 1
     assert printed.count(f"SLURM requeued job {array}_0 (restart 1): continuing in {jobs[0]} from") == 1
+
+
+SLURM_JOBS = {  # SLURM's variables in a job: the run folder train.py makes, or None for its timestamped default
+    "a job": ({"SLURM_JOB_ID": "1234", "SLURM_NTASKS": "1"}, "outputs/slurm-1234"),
+    "an array task": (
+        {"SLURM_JOB_ID": "1240", "SLURM_ARRAY_JOB_ID": "1230", "SLURM_ARRAY_TASK_ID": "4"},
+        "outputs/slurm-1230_4",
+    ),
+    "an interactive allocation": ({"SLURM_JOB_ID": "1234", "SLURM_JOB_NAME": "interactive"}, None),
+    "no job": ({}, None),
+}
+
+
+def train_py_in(folder, env, *overrides):
+    """`python train.py` run from `folder` with `env`'s SLURM variables and no others, as a job's step runs it."""
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("SLURM_")}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), *overrides],
+        cwd=folder, env={**clean, **env}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("case", SLURM_JOBS)
+def test_the_default_run_folder_in_a_slurm_job_is_the_jobs(monkeypatch, case):
+    env, folder = SLURM_JOBS[case]
+    for name in [name for name in os.environ if name.startswith("SLURM_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    register_configs()  # what train.py's entry point does: the experiments and the run folder's resolver
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        run_dir = compose("train", return_hydra_config=True).hydra.run.dir
+    assert run_dir == folder if folder else re.fullmatch(r"outputs/\d{4}-\d\d-\d\d/\d\d-\d\d-\d\d-\d{6}", run_dir)
+
+
+def test_a_second_run_of_one_job_does_not_write_over_the_first(tmp_path, idx_dir):
+    """Two `srun python train.py …` lines in one job script: the second one stops before Hydra writes anything."""
+    first = tmp_path / "outputs" / "slurm-1234"
+    (first / "checkpoints").mkdir(parents=True)
+    (first / "checkpoints" / "last.ckpt").write_bytes(b"the first run's")
+    result = train_py_in(tmp_path, SLURM_JOBS["a job"][0], *data_args(tmp_path, idx_dir))
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: outputs/slurm-1234 holds an earlier run of SLURM job 1234: give this run a folder of its own "
+        "(hydra.run.dir=outputs/slurm-1234-2), or continue that one with resume=outputs/slurm-1234"
+    )
+    assert [path.name for path in first.iterdir()] == ["checkpoints"]  # no .hydra/ written over

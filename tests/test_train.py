@@ -136,18 +136,35 @@ def test_missing_data_is_one_line_error(tmp_path):
     assert "Traceback" not in result.stderr
 
 
-def test_an_idx_dir_that_is_not_there_is_named_not_replaced_by_another_copy(tmp_path):
+def damage(folder):
+    """A folder whose images file is cut short, as an interrupted download leaves it."""
+    images = make_idx_dataset(folder, num_train=30, num_test=10, gz=False) / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:1000])
+    return f"{images} is 1000 bytes, its header promises 23536; the file is truncated or corrupt"
+
+
+NAMED_FOLDERS = {  # what is wrong with the folder named by data.idx_dir: (make it, the error line's text)
+    "not there": lambda folder: (
+        f"data.idx_dir={folder}: no such folder; give the one with the four IDX files (.gz or raw)"
+    ),
+    "damaged": damage,
+}
+
+
+@pytest.mark.parametrize("case", NAMED_FOLDERS)
+def test_a_named_idx_dir_is_used_or_named_never_replaced_by_another_copy(tmp_path, case):
     root = tmp_path / "data"
-    make_idx_dataset(root / "FashionMNIST" / "raw", num_train=30, num_test=10, gz=False)  # a copy it could train on
-    missing = tmp_path / "nonexistent"
+    copy = make_idx_dataset(root / "FashionMNIST" / "raw", num_train=30, num_test=10, gz=False)  # it could train on
+    held = {path.name: path.read_bytes() for path in copy.iterdir()}
+    named = tmp_path / "named"
+    message = NAMED_FOLDERS[case](named)
     result = subprocess.run(
-        [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", f"data.root={root}", f"data.idx_dir={missing}"],
+        [sys.executable, "train.py", f"hydra.run.dir={tmp_path}", f"data.root={root}", f"data.idx_dir={named}"],
         cwd=ROOT, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"error: data.idx_dir={missing}: no such folder; give the one with the four IDX files (.gz or raw)"
-    )
+    assert result.stderr.strip().splitlines()[-1] == f"error: {message}"
+    assert {path.name: path.read_bytes() for path in copy.iterdir()} == held  # the copy is left as it was
 
 
 def test_tensorboard_curves_use_keras_names_and_epochs(make_cfg, tmp_path):

@@ -17,6 +17,7 @@ from hgmldl.data import SHUFFLES, FashionMNISTDataModule
 from hgmldl.errors import UserError, one_line_errors
 from hgmldl.files import check_output_dir
 from hgmldl.hardware import check_cpu_bf16
+from hgmldl.slurm import slurm_job_or
 
 # conf/ and the presets' experiments/: inside the package where pip installed it (the wheel maps both into it,
 # pyproject.toml's package-dir), else at the top of the checkout, beside src/.
@@ -66,11 +67,13 @@ class TrainSchema:
 
 
 def register_configs() -> None:
-    """Stores the schemas and every experiments/*.yaml as option of the group `experiment`.
+    """Stores the schemas and every experiments/*.yaml as option of the group `experiment`, and registers the
+    resolver of train.py's run folder.
 
     ConfigStore rather than hydra.searchpath keeps the group's name `experiment` and makes
     `-m experiment='glob(*)'` work on hydra-core 1.3 (a search path renames the group after the folder).
     """
+    OmegaConf.register_new_resolver("slurm_job_or", slurm_job_or, replace=True)  # conf/train.yaml's run folder
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainSchema)
     store.store(name="data_schema", node=data_schema())  # a base of conf/data/*.yaml, not a dataset to choose

@@ -18,7 +18,16 @@ from torch.utils.data import DistributedSampler
 
 from hgmldl.errors import UserError
 from hgmldl.files import open_atomic
-from hgmldl.idx import IDX_FILES, IMAGES_MAGIC, LABELS_MAGIC, check_idx_file, find_idx, read_bytes, read_idx
+from hgmldl.idx import (
+    IDX_FILES,
+    IMAGES_MAGIC,
+    LABELS_MAGIC,
+    check_idx_file,
+    find_idx,
+    header_size,
+    read_bytes,
+    read_idx,
+)
 from hgmldl.models import IMAGE_SIZE, NUM_CLASSES
 
 log = logging.getLogger(__name__)
@@ -43,17 +52,22 @@ def scale(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(255)
 
 
-def check_idx_pair(images_path: Path, labels_path: Path) -> int:
+def check_idx_pair(images_path: Path, labels_path: Path, contents: dict[Path, bytes] | None = None) -> int:
     """Checks one images/labels pair of IDX files and returns the number of samples.
 
     torchvision trusts these files; a truncated or foreign file would give a silently wrong dataset or an
-    unreadable error deep inside torch, so every problem is named here with the file it is in.
+    unreadable error deep inside torch, so every problem is named here with the file it is in. `contents` holds
+    files already read (decompressed), checked before they are copied anywhere.
     """
-    count = check_idx_file(images_path, IMAGES_MAGIC, (IMAGE_SIZE, IMAGE_SIZE))
-    num_labels = check_idx_file(labels_path, LABELS_MAGIC, ())
+    contents = contents or {}
+    count = check_idx_file(images_path, IMAGES_MAGIC, (IMAGE_SIZE, IMAGE_SIZE), contents.get(images_path))
+    num_labels = check_idx_file(labels_path, LABELS_MAGIC, (), contents.get(labels_path))
     if count != num_labels:
         raise UserError(f"{images_path} holds {count} images but {labels_path} holds {num_labels} labels")
-    labels = read_idx(labels_path)
+    if labels_path in contents:
+        labels = np.frombuffer(contents[labels_path], np.uint8, offset=header_size(LABELS_MAGIC))
+    else:
+        labels = read_idx(labels_path)
     if labels.size and labels.max() >= NUM_CLASSES:
         raise UserError(f"{labels_path}: label {labels.max()} is outside 0-{NUM_CLASSES - 1}; the file is corrupt")
     return count
@@ -62,9 +76,10 @@ def check_idx_pair(images_path: Path, labels_path: Path) -> int:
 class FashionMNISTDataModule(L.LightningDataModule):
     """Fashion-MNIST with the book's 48,000 / 12,000 split of the training set and the 10,000 test images.
 
-    `prepare_data` finds the IDX files in this order: `root` in torchvision's layout, `idx_dir` (raw or .gz),
-    the Debian package's folder, then torchvision's download; it lays them out decompressed under
-    `root/<Dataset>/raw/`, where torchvision's dataset class reads them.
+    `prepare_data` lays the IDX files out decompressed under `root/<Dataset>/raw/`, where torchvision's dataset
+    class reads them. A folder named by `idx_dir` (raw or .gz) is the one used: its four files are checked, then
+    copied over whatever `root` held. Without one, `root`'s copy is used, else the Debian package's folder, else
+    torchvision's download.
     """
 
     dataset_class = torchvision.datasets.FashionMNIST
@@ -103,18 +118,15 @@ class FashionMNISTDataModule(L.LightningDataModule):
         return self.root / self.dataset_class.__name__ / "raw"
 
     def prepare_data(self) -> None:
-        if self.idx_dir and not self.idx_dir.is_dir():  # named by the user: not silently replaced by another copy
-            raise UserError(
-                f"data.idx_dir={self.idx_dir}: no such folder; give the one with the four IDX files (.gz or raw)"
-            )
         names = [name for pair in IDX_FILES.values() for name in pair]
+        if self.idx_dir:  # named by the user: used, never silently replaced by another copy
+            return self._copy_named(names)
         if all((self.raw_dir / name).exists() for name in names):
             try:
                 return self._check()
             except UserError as error:  # damaged, e.g. by an interrupted copy of an older version: rebuild it
                 log.warning("%s: rebuilding it from the IDX sources", error)
-        folders = [*([self.idx_dir] if self.idx_dir else []), *map(Path, self.system_dirs)]
-        found = next((f for f in folders if all(find_idx(f, name) for name in names)), None)
+        found = next((f for f in map(Path, self.system_dirs) if all(find_idx(f, name) for name in names)), None)
         if found is None:
             return self._download()
         for name in names:
@@ -123,6 +135,28 @@ class FashionMNISTDataModule(L.LightningDataModule):
             self._check()
         except UserError as error:
             raise UserError(f"{error} (copied from {found})") from None
+
+    def _copy_named(self, names: list[str]) -> None:
+        """The four files of `idx_dir`, checked before they replace `root`'s copy: a damaged folder leaves it as it was."""
+        if not self.idx_dir.is_dir():
+            raise UserError(
+                f"data.idx_dir={self.idx_dir}: no such folder; give the one with the four IDX files (.gz or raw)"
+            )
+        sources = {name: find_idx(self.idx_dir, name) for name in names}
+        missing = [name for name, path in sources.items() if path is None]
+        if missing:
+            raise UserError(
+                f"data.idx_dir={self.idx_dir}: {', '.join(missing)} (raw or .gz) not there; "
+                "give the folder with the four IDX files"
+            )
+        contents = {path: read_bytes(path) for path in sources.values()}
+        for images, labels in IDX_FILES.values():
+            check_idx_pair(sources[images], sources[labels], contents)
+        for name, source in sources.items():
+            target = self.raw_dir / name
+            if not (target.is_file() and target.read_bytes() == contents[source]):
+                with open_atomic(target, "wb") as file:
+                    file.write(contents[source])
 
     def _check(self) -> None:
         for images, labels in IDX_FILES.values():
@@ -153,7 +187,7 @@ class FashionMNISTDataModule(L.LightningDataModule):
         self._check()
 
     def _missing_message(self) -> str:
-        searched = ", ".join(map(str, [self.raw_dir, *([self.idx_dir] if self.idx_dir else []), *self.system_dirs]))
+        searched = ", ".join(map(str, [self.raw_dir, *self.system_dirs]))
         return (
             f"{self.dataset_class.__name__} IDX files not found in {searched}: "
             f"{self.install_hint} or point data.idx_dir=<folder with the four IDX files (.gz or raw)>"

@@ -9,14 +9,18 @@ from omegaconf import DictConfig, OmegaConf
 
 from hgmldl.errors import UserError, one_line_errors
 from hgmldl.files import check_output_dir
+from hgmldl.slurm import check_job_folder
 
 
 class CheckOutputDir(Callback):
     """Hydra creates the run folder before train.py's code runs, and fails with a traceback when it cannot; this
-    checks the folder (and the free disk space) first, and ends with one line."""
+    checks the folder (and the free disk space) first, and ends with one line. So does a second run of one SLURM job
+    in the job's folder, before Hydra writes over the first one's config."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config.hydra.run.dir)
+        fixed = any(override.startswith("hydra.run.dir=") for override in config.hydra.overrides.hydra)
+        one_line_errors(check_job_folder)(config.hydra.run.dir, fixed)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         self._check(config.hydra.sweep.dir)

@@ -47,8 +47,11 @@ def read_bytes(path: Path) -> bytes:
         raise UserError(f"cannot read {path}: {error}; the file is corrupt or truncated") from error
 
 
-def check_idx_file(path: Path, magic: int, item_shape: tuple[int, ...]) -> int:
-    """The number of items in a raw IDX file, checked from its header and its size without reading the rest."""
+def check_idx_file(path: Path, magic: int, item_shape: tuple[int, ...], data: bytes | None = None) -> int:
+    """The number of items in a raw IDX file, checked from its header and its size without reading the rest; or in
+    `data`, the bytes already read from `path` (a .gz decompressed)."""
+    if data is not None:
+        return check_header(path, data, len(data), magic, item_shape)[0]
     try:
         with open(path, "rb") as file:
             header = file.read(header_size(magic))

@@ -26,6 +26,7 @@ from hgmldl.errors import UserError
 from hgmldl.models import describe
 from hgmldl.module import Classifier
 from hgmldl.saving import fits, load_checkpoint
+from hgmldl.slurm import slurm_job_id
 
 log = logging.getLogger(__name__)
 
@@ -114,11 +115,6 @@ def slurm_plugins() -> list[SLURMEnvironment]:
     return [environment]
 
 
-def slurm_job_id() -> str:
-    array_job = os.environ.get("SLURM_ARRAY_JOB_ID")
-    return f"{array_job}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array_job else os.environ["SLURM_JOB_ID"]
-
-
 def requeue(signum: int, frame: FrameType | None) -> None:
     """Puts the job back into SLURM's queue; SLURM then ends its processes with SIGTERM, which Lightning turns into
     a stop after the current step, as for Ctrl-C. Under srun every process gets the signal; the first one asks."""
@@ -135,8 +131,8 @@ def requeue(signum: int, frame: FrameType | None) -> None:
 def requeued_checkpoint(run_dir: str) -> str | None:
     """What a job that SLURM requeued (SLURM_RESTART_COUNT ≥ 1) goes on from: its run folder's last.ckpt, so the
     job continues to the numbers of an uninterrupted run, as `resume=` does; before the command's own ckpt_path=,
-    where the run started. The same command with a fixed hydra.run.dir (or a sweep's job folder) finds the same
-    folder again."""
+    where the run started. The same command finds the same folder again: the job's own (hgmldl.slurm), a fixed
+    hydra.run.dir, or a sweep's job folder."""
     restarts = int(os.environ.get("SLURM_RESTART_COUNT") or 0)
     path = Path(run_dir) / LAST_CHECKPOINT
     if not restarts or not path.is_file():
