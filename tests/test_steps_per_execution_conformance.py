@@ -17,6 +17,13 @@ from torch.utils.data import DataLoader, TensorDataset
 from hgmldl.errors import UserError
 from hgmldl.steps_per_execution import StepsPerExecution
 
+pytestmark = [
+    # The modules take plain in-process DataLoaders, as Lightning's docs' examples do.
+    pytest.mark.filterwarnings("ignore:The '.*dataloader' does not have many workers"),
+    # SkipsSomeMinibatches returns None on purpose, which Lightning notes at N = 1.
+    pytest.mark.filterwarnings("ignore:`training_step` returned `None`"),
+]
+
 N = 5
 EPOCHS = 3
 BATCHES = 13  # 100 samples in minibatches of 8
@@ -176,7 +183,12 @@ def fit(module_class, options: dict, n: int, folder, *callbacks: L.Callback):
     L.seed_everything(0, verbose=False)
     module = module_class()
     train, val = loaders()
-    settings = {"max_epochs": EPOCHS, "enable_checkpointing": False, "enable_progress_bar": False}
+    settings = {
+        "max_epochs": EPOCHS,
+        "log_every_n_steps": 1,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+    }
     trainer = L.Trainer(
         enable_model_summary=False,
         callbacks=[*callbacks, StepsPerExecution(n)],
@@ -247,23 +259,31 @@ def test_a_trainer_without_the_callback_trains_the_module_as_plain_lightning(tmp
     module, trainer = fit(LitRegressor, {}, N, tmp_path / "first")
     assert trainer.global_step == EPOCHS * BATCHES
     again = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
-    again.fit(module, loaders()[0])
+    again.fit(module, *loaders())
     assert again.global_step == BATCHES and math.isfinite(again.callback_metrics["train_loss"])
 
 
+# The resumed run saves into the folder it resumes from, as train.py's resume= does.
+@pytest.mark.filterwarnings("ignore:Checkpoint directory .* exists and is not empty")
 @pytest.mark.parametrize(("first", "then"), [(N, 1), (1, N)])
 def test_a_checkpoint_resumed_with_another_n_goes_on_counting_updates(tmp_path, first, then):
     checkpoint = ModelCheckpoint(tmp_path / "checkpoints", save_last=True)
     module, trainer = fit(LitRegressor, {"max_epochs": 1, "enable_checkpointing": True}, first, tmp_path, checkpoint)
     assert trainer.global_step == BATCHES
-    resumed = L.Trainer(max_epochs=EPOCHS, callbacks=[StepsPerExecution(then)], logger=False, enable_progress_bar=False)
-    resumed.fit(LitRegressor(), loaders()[0], ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
+    checkpoint = ModelCheckpoint(tmp_path / "checkpoints", save_last=True)  # as the checkpoint was made with
+    resumed = L.Trainer(
+        max_epochs=EPOCHS, callbacks=[StepsPerExecution(then), checkpoint], logger=False, enable_progress_bar=False
+    )
+    resumed.fit(LitRegressor(), *loaders(), ckpt_path=tmp_path / "checkpoints" / "last.ckpt")
     assert resumed.global_step == EPOCHS * BATCHES
 
 
 class ScalingDataModule(L.LightningDataModule):
     def train_dataloader(self):
         return loaders()[0]
+
+    def val_dataloader(self):
+        return loaders()[1]
 
     def on_before_batch_transfer(self, batch, dataloader_idx):
         x, y = batch
@@ -279,7 +299,13 @@ def test_a_data_modules_transfer_hooks_run_for_every_minibatch():
     for n in (1, N):
         L.seed_everything(0, verbose=False)
         module = LitRegressor()
-        trainer = L.Trainer(max_epochs=2, callbacks=[StepsPerExecution(n)], logger=False, enable_progress_bar=False)
+        trainer = L.Trainer(
+            max_epochs=2,
+            callbacks=[StepsPerExecution(n)],
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+        )
         trainer.fit(module, datamodule=ScalingDataModule())
         weights.append(module.net[0].weight.detach())
     torch.testing.assert_close(weights[1], weights[0])

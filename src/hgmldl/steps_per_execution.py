@@ -37,6 +37,9 @@ from hgmldl.errors import UserError
 # experimental and warns that hooks see the last minibatch's batch_idx, which is what this callback wants.
 warnings.filterwarnings("ignore", message=r"Found `dataloader_iter` argument in the `training_step`")
 warnings.filterwarnings("ignore", message=r"You are using the `dataloader_iter` step flavor")
+# Lightning notes that under manual optimization a checkpoint every k steps holds the weights after the update, which
+# is what automatic optimization saves too; executions end on those update counts, so it saves the N = 1 weights.
+warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train_steps")
 
 # The hooks an update runs; where none is overridden, `plain_update` does the update without Lightning's plumbing.
 UPDATE_HOOKS = ("on_before_backward", "backward", "on_after_backward", "on_before_optimizer_step")
