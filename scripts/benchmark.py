@@ -191,6 +191,8 @@ def run_model(
     for side in guests:
         guest = json.loads((work_dir / f"{model}.{side}.json").read_text())
         sides[side] = summarise(guest, epochs)
+        if "backend" in guest:  # the Keras backend that ran the book's code
+            sides[side]["backend"] = guest["backend"]
         versions |= guest.get("versions", {})
     return {
         "model": model,

@@ -84,6 +84,7 @@ def test_keras_columns_from_the_books_code_on_both_backends_on_the_same_data(tmp
     )
     # The same book code on Keras' torch backend (KERAS_BACKEND=torch), its own process: the same updates.
     on_torch = r["keras_torch"]
+    assert (keras["backend"], on_torch["backend"]) == ("tensorflow", "torch")  # what Keras ran on, as it says
     assert on_torch["updates"] == keras["updates"] and on_torch["median_s"] > 0
     assert 0.5 < on_torch["val_accuracy"] <= 1
     assert r["ratios"]["keras_torch_over_keras"] == pytest.approx(on_torch["median_s"] / keras["median_s"])
