@@ -1,7 +1,8 @@
 """Speed: hgmldl's real training path against a plain PyTorch loop written for speed, side by side; with
---keras the book's own Keras code, with --bf16 hgmldl in bfloat16 as well.
+--keras the book's own Keras code (on TensorFlow, and on torch with KERAS_BACKEND=torch), with --bf16 hgmldl in
+bfloat16 as well.
 
-    .venv/bin/python scripts/benchmark.py [--models cnn mlp] [--epochs 5] [--keras] [--bf16] [--out bench.json]
+    .venv/bin/python scripts/benchmark.py [--models cnn mlp] [--epochs 5] [--keras [tensorflow] [torch]] [--bf16]
     .venv/bin/python scripts/benchmark.py --quick --idx-dir DIR   # seconds, on generated IDX files (the tests)
 
 Each model runs as one `python train.py` process — the user's command, with its callbacks (checkpoints, History,
@@ -9,7 +10,7 @@ EarlyStopping with a patience that never triggers) and TensorBoard logging — p
 `SideBySide` callback. That callback runs one epoch of the plain loop, the benchmark's floor, between hgmldl's
 epochs, in the same process, on the same tensors, threads and device, so machine noise hits both sides alike. The
 other sides (hgmldl in bf16, hgmldl with one update per Lightning step, the book's Keras code in
-scripts/benchmark_keras.py) are processes of their own that take their turn after the plain loop's epoch: hgmldl 0,
+scripts/benchmark_keras.py, once per Keras backend) are processes of their own that take their turn after the plain loop's epoch: hgmldl 0,
 plain 0, bf16 0, Keras 0, hgmldl 1, … Only one side computes at a time; the others wait on a pipe. Start-up is the
 time from launching `python train.py` to its first training step.
 """
@@ -57,7 +58,11 @@ HGMLDL_VARIANTS = {
     "hgmldl_n500": ["steps_per_execution=500"],  # three executions per epoch of 1,500 updates
     "hgmldl_compile": ["compile=true"],
 }
-KERAS = "keras"
+# The book's Keras code, one side per Keras 3 backend (KERAS_BACKEND): the side's name and what it needs installed.
+KERAS = "keras"  # on TensorFlow, the book's own set-up
+KERAS_TORCH = "keras_torch"  # the same code on torch, as the book's second edition shows in 7-1
+KERAS_SIDES = {"tensorflow": KERAS, "torch": KERAS_TORCH}
+KERAS_NEEDS = {KERAS: ("tensorflow", "sklearn"), KERAS_TORCH: ("keras", "sklearn")}
 
 
 def train_command(model: str, epochs: int, run_dir: Path, overrides: list[str]) -> list[str]:
@@ -98,7 +103,7 @@ def run_model(
 
     def launch(side: str, command: list[str], pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
         logs[side] = work_dir / f"{model}.{side}.log"
-        env = os.environ if side == KERAS else hgmldl_env
+        env = os.environ | {"KERAS_BACKEND": backend_of(side)} if side in KERAS_NEEDS else hgmldl_env
         with open(logs[side], "w") as log:
             processes[side] = subprocess.Popen(
                 command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, pass_fds=pass_fds
@@ -121,7 +126,7 @@ def run_model(
         turn_read, turn_write = os.pipe()
         done_read, done_write = os.pipe()
         out = work_dir / f"{model}.{side}.json"
-        if side == KERAS:
+        if side in KERAS_NEEDS:
             command = [
                 sys.executable,
                 "scripts/benchmark_keras.py",
@@ -186,6 +191,8 @@ def run_model(
     for side in guests:
         guest = json.loads((work_dir / f"{model}.{side}.json").read_text())
         sides[side] = summarise(guest, epochs)
+        if "backend" in guest:  # the Keras backend that ran the book's code
+            sides[side]["backend"] = guest["backend"]
         versions |= guest.get("versions", {})
     return {
         "model": model,
@@ -212,6 +219,8 @@ def ratios(sides: dict[str, dict[str, Any]]) -> dict[str, float]:
         "bf16_over_fp32": ("hgmldl_bf16", "hgmldl"),
         "keras_over_hgmldl": (KERAS, "hgmldl"),
         "keras_over_bf16": (KERAS, "hgmldl_bf16"),
+        "keras_torch_over_hgmldl": (KERAS_TORCH, "hgmldl"),
+        "keras_torch_over_keras": (KERAS_TORCH, KERAS),
     }
     return {
         name: sides[a]["median_s"] / sides[b]["median_s"] for name, (a, b) in pairs.items() if a in sides and b in sides
@@ -237,6 +246,11 @@ GUEST_COLUMNS = [
     ("hgmldl_n1", "hgmldl N=1", [("n1_over_hgmldl", "N=1 ÷ hgmldl")]),
     ("hgmldl_bf16", "hgmldl bf16", [("bf16_over_fp32", "bf16 ÷ fp32")]),
     (KERAS, "Keras", [("keras_over_hgmldl", "Keras ÷ hgmldl"), ("keras_over_bf16", "Keras ÷ bf16")]),
+    (
+        KERAS_TORCH,
+        "Keras on torch",
+        [("keras_torch_over_hgmldl", "Keras on torch ÷ hgmldl"), ("keras_torch_over_keras", "torch ÷ TF backend")],
+    ),
 ]
 
 
@@ -266,10 +280,15 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def check_keras() -> None:
-    """--keras needs TensorFlow (and scikit-learn, for the book's train_test_split) in this environment; looked
-    up without importing either, so hgmldl's processes never load TensorFlow."""
-    missing = [name for name in ("tensorflow", "sklearn") if importlib.util.find_spec(name) is None]
+def backend_of(side: str) -> str:
+    return next(backend for backend, name in KERAS_SIDES.items() if name == side)
+
+
+def check_keras(sides: list[str]) -> None:
+    """The Keras sides need their backend (TensorFlow, or Keras alone on torch) and scikit-learn (the book's
+    train_test_split) in this environment; looked up without importing any, so hgmldl's processes never load them."""
+    needed = dict.fromkeys(name for side in sides for name in KERAS_NEEDS[side])
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
     if missing:
         sys.exit(
             f"error: --keras runs the book's Keras code, which needs {' and '.join(missing)}: pip install -e '.[bench]'"
@@ -288,7 +307,10 @@ def main() -> None:
         "from stalling every parallel op on a descheduled thread",
     )
     parser.add_argument(
-        "--keras", action="store_true", help="also run the book's Keras code (needs pip install -e '.[bench]')"
+        "--keras",
+        nargs="*",
+        choices=list(KERAS_SIDES),
+        help="also run the book's Keras code on these Keras backends (alone: both; needs pip install -e '.[bench]')",
     )
     parser.add_argument(
         "--bf16", action="store_true", help="also run hgmldl with trainer.precision=bf16-mixed (a bf16 CPU or a GPU)"
@@ -308,8 +330,9 @@ def main() -> None:
     epochs = 2 if args.quick else args.epochs
     if epochs < 1:
         sys.exit("error: --epochs must be at least 1")
-    if args.keras:
-        check_keras()
+    keras_sides = [] if args.keras is None else [KERAS_SIDES[name] for name in args.keras or KERAS_SIDES]
+    if keras_sides:
+        check_keras(keras_sides)
     if args.bf16:
         try:
             check_cpu_bf16(OmegaConf.create({"accelerator": "auto", "precision": "bf16-mixed"}))
@@ -318,11 +341,8 @@ def main() -> None:
                 "error: --bf16 measures bfloat16 where it is computed in hardware, and this machine has no GPU and "
                 f"a CPU without {' or '.join(BF16_FEATURES[:2])} (train.py would stop): leave out --bf16 here"
             )
-    guests = [
-        side
-        for side, wanted in (("hgmldl_n1", args.textbook_step), ("hgmldl_bf16", args.bf16), (KERAS, args.keras))
-        if wanted
-    ]
+    guests = [side for side, wanted in (("hgmldl_n1", args.textbook_step), ("hgmldl_bf16", args.bf16)) if wanted]
+    guests += keras_sides
     results, load_at_start = [], os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="hgmldl-bench-") as work:
         extra, data_root = [], ROOT / "data"  # conf/data's root, relative to train.py's folder
@@ -330,7 +350,7 @@ def main() -> None:
             data_root = Path(work) / "data"
             extra = [f"data.idx_dir={Path(args.idx_dir).resolve()}", f"data.root={data_root}", "data.download=false"]
         data = FashionMNISTDataModule(str(data_root), idx_dir=args.idx_dir, download=not args.idx_dir)
-        if args.keras:  # lays the IDX files out where train.py reads them, and Keras reads the same files
+        if keras_sides:  # lays the IDX files out where train.py reads them, and Keras reads the same files
             try:
                 data.prepare_data()
             except UserError as error:

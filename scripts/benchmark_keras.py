@@ -2,7 +2,8 @@
 
     python scripts/benchmark_keras.py MODEL --optimizer adam --batch-size 32 --epochs 5 --data DIR --out FILE
 
-Its own process, so TensorFlow never enters hgmldl's. The cells (scripts/keras_book.py) are 혼공머신 7-1 (softmax),
+Its own process, so TensorFlow never enters hgmldl's. Keras 3 runs it on the backend that KERAS_BACKEND names
+(benchmark.py sets it: `tensorflow`, the book's, or `torch`, which the book's second edition shows in 7-1). The cells (scripts/keras_book.py) are 혼공머신 7-1 (softmax),
 7-2 (mlp, the relu model), 7-3 (dropout_mlp, with its ModelCheckpoint and EarlyStopping), 8-2 (cnn, the same two
 callbacks) and Deep Learning with Python ch. 2 (dense512): the same layers, scaling, split, seed, compile() and
 fit() arguments. Three things differ, each as in hgmldl's run beside it: the data are the IDX files hgmldl reads
@@ -20,7 +21,6 @@ import time
 from pathlib import Path
 
 import keras
-import tensorflow as tf
 from keras_book import MODELS, SEED, book_inputs, book_model, book_split, load_train
 
 NEVER = 1_000_000  # EarlyStopping's patience: it checks and keeps the best weights every epoch, never stops
@@ -64,11 +64,17 @@ class Turns(keras.callbacks.Callback):
 
     def on_train_end(self, logs: dict | None = None) -> None:
         self.epoch_seconds.append(time.perf_counter() - self.started)
+        versions = {"keras": keras.__version__}
+        if keras.backend.backend() == "tensorflow":  # the torch side's torch is hgmldl's, in the report already
+            import tensorflow as tf
+
+            versions["tensorflow"] = tf.__version__
         result = {
             "epoch_seconds": self.epoch_seconds,
             "val_accuracy": self.val_accuracy,
             "updates": int(self.model.optimizer.iterations.numpy()),
-            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__},
+            "backend": keras.backend.backend(),
+            "versions": versions,
         }
         self.out.write_text(json.dumps(result, indent=2) + "\n")
         self._say(b"d")
@@ -86,17 +92,25 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, required=True)
     parser.add_argument("--data", type=Path, required=True, help="folder of the four IDX files (raw or .gz)")
     parser.add_argument("--out", type=Path, required=True, help="JSON file for the epoch times")
-    parser.add_argument("--threads", type=int, help="TensorFlow's intra- and inter-op threads")
+    parser.add_argument("--threads", type=int, help="the backend's intra- and inter-op threads")
     parser.add_argument("--turn-fd", type=int, help="read one byte here before each epoch")
     parser.add_argument("--done-fd", type=int, help="write one byte here when ready, and after each epoch")
     args = parser.parse_args()
 
-    if args.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if args.threads:
+            tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+            tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+        if args.model in ("softmax", "mlp", "dropout_mlp"):  # 7-1, 7-2 and 7-3 ask for it; 8-2 and DLP do not
+            tf.config.experimental.enable_op_determinism()
+    elif args.threads:  # torch: the book's determinism call is TensorFlow's own, and torch's CPU ops are already
+        import torch
+
+        torch.set_num_threads(args.threads)
+        torch.set_num_interop_threads(args.threads)
     keras.utils.set_random_seed(SEED)
-    if args.model in ("softmax", "mlp", "dropout_mlp"):  # 7-1, 7-2 and 7-3 ask for it; 8-2 and DLP do not
-        tf.config.experimental.enable_op_determinism()
 
     train_input, train_target = load_train(args.data)
     train_scaled = book_inputs(args.model, train_input)

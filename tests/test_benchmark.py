@@ -60,9 +60,9 @@ def test_quick_benchmark_runs_every_side_for_the_same_updates(tmp_path, idx_dir)
     assert result.stdout.startswith(f"`{report['command']}`, {report['date']}\n")
 
 
-@pytest.mark.slow  # TensorFlow's start-up and two processes taking turns
+@pytest.mark.slow  # TensorFlow's start-up and three processes taking turns
 @pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs pip install -e '.[bench]'")
-def test_keras_column_from_the_books_code_on_the_same_data(tmp_path, idx_dir):
+def test_keras_columns_from_the_books_code_on_both_backends_on_the_same_data(tmp_path, idx_dir):
     out = tmp_path / "bench.json"
     command = [*BENCHMARK, "--idx-dir", str(idx_dir), "--epochs", "1", "--models", "softmax", "--threads", "1"]
     result = subprocess.run(
@@ -82,20 +82,34 @@ def test_keras_column_from_the_books_code_on_the_same_data(tmp_path, idx_dir):
     assert f"| {keras['median_s']:.2f} ({keras['first_s']:.2f}) | {r['ratios']['keras_over_hgmldl']:.2f} |" in (
         result.stdout
     )
+    # The same book code on Keras' torch backend (KERAS_BACKEND=torch), its own process: the same updates.
+    on_torch = r["keras_torch"]
+    assert (keras["backend"], on_torch["backend"]) == ("tensorflow", "torch")  # what Keras ran on, as it says
+    assert on_torch["updates"] == keras["updates"] and on_torch["median_s"] > 0
+    assert 0.5 < on_torch["val_accuracy"] <= 1
+    assert r["ratios"]["keras_torch_over_keras"] == pytest.approx(on_torch["median_s"] / keras["median_s"])
+    assert "| Keras on torch s/epoch (first) | Keras on torch ÷ hgmldl | torch ÷ TF backend |" in result.stdout
 
 
-def test_keras_without_tensorflow_says_how_to_install_it(benchmark, monkeypatch, idx_dir):
+@pytest.mark.parametrize(
+    ("backends", "needs"),
+    [([], "tensorflow and keras"), (["tensorflow"], "tensorflow"), (["torch"], "keras")],
+    ids=["both", "tensorflow", "torch"],
+)
+def test_keras_without_its_backend_says_how_to_install_it(benchmark, monkeypatch, idx_dir, backends, needs):
     real_find_spec = importlib.util.find_spec
+    missing = ("tensorflow", "keras")
     monkeypatch.setattr(
-        importlib.util, "find_spec", lambda name, *args: None if name == "tensorflow" else real_find_spec(name, *args)
+        importlib.util, "find_spec", lambda name, *args: None if name in missing else real_find_spec(name, *args)
     )
-    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--keras", "--quick", "--idx-dir", str(idx_dir)])
+    monkeypatch.setattr(sys, "argv", ["benchmark.py", "--keras", *backends, "--quick", "--idx-dir", str(idx_dir)])
+    before = set(sys.modules)
     with pytest.raises(SystemExit) as exit:
         benchmark.main()
-    assert exit.value.code == (
-        "error: --keras runs the book's Keras code, which needs tensorflow: pip install -e '.[bench]'"
+    assert (
+        exit.value.code == f"error: --keras runs the book's Keras code, which needs {needs}: pip install -e '.[bench]'"
     )
-    assert "tensorflow" not in sys.modules  # looked up, never imported into hgmldl's process
+    assert not {"tensorflow", "keras"} & (set(sys.modules) - before)  # looked up, never imported by main()
 
 
 def test_bf16_on_a_cpu_without_it_is_one_line(benchmark, monkeypatch, idx_dir):
@@ -113,6 +127,7 @@ def test_table_puts_plain_fp32_bf16_and_keras_side_by_side(benchmark):
         return {"median_s": median, "first_s": median + 1, "updates_per_s": 1500 / median}
 
     sides = {"hgmldl": side(1.0), "plain": side(0.8), "hgmldl_bf16": side(0.6), "keras": side(3.0)}
+    sides["keras_torch"] = side(6.0)
     result = {
         "model": "cnn",
         "batch_size": 32,
@@ -126,13 +141,14 @@ def test_table_puts_plain_fp32_bf16_and_keras_side_by_side(benchmark):
     assert heading == (
         "| model (batch) | hgmldl s/epoch (first) | plain loop s/epoch (first) | hgmldl ÷ plain "
         "| hgmldl bf16 s/epoch (first) | bf16 ÷ fp32 | Keras s/epoch (first) | Keras ÷ hgmldl | Keras ÷ bf16 "
+        "| Keras on torch s/epoch (first) | Keras on torch ÷ hgmldl | torch ÷ TF backend "
         "| updates/s hgmldl / plain | peak RSS MB hgmldl / process | start-up s |"
     )
-    assert rule == "|---" * 12 + "|"
-    # 0.6 / 1.0, 3.0 / 1.0 and 3.0 / 0.6, worked out by hand.
+    assert rule == "|---" * 15 + "|"
+    # 0.6 / 1.0, 3.0 / 1.0, 3.0 / 0.6, 6.0 / 1.0 and 6.0 / 3.0, worked out by hand.
     assert row == (
         "| cnn (32) | 1.00 (2.00) | 0.80 (1.80) | 1.25 | 0.60 (1.60) | 0.60 | 3.00 (4.00) | 3.00 | 5.00 "
-        "| 1500 / 1875 | 700 / 900 | 6.5 |"
+        "| 6.00 (7.00) | 6.00 | 2.00 | 1500 / 1875 | 700 / 900 | 6.5 |"
     )
 
 

@@ -1,8 +1,10 @@
 """The notebooks' first cell (the set-up cell, the same in all six) in a fresh environment where hgmldl is not
 installed, as a reader's fresh Jupyter or Colab kernel: in a checkout it installs that checkout (editable), elsewhere
 or in Colab it installs hgmldl from the repository's address (here a local clone, put in place of the address), in
-both cases with pip's output in the cell, and the next cell's `import hgmldl` works in the same kernel, without a
-restart; a cell that cannot install stops the notebook with one sentence.
+both cases quietly, as the book's `!pip install -q` (a few lines, not pip's log), and the next cell's
+`import hgmldl` works in the same kernel, without a restart; it ends with the device training will use, and in
+Colab without a GPU how to switch; a cell that cannot install shows pip's message and stops the notebook with one
+sentence, not a traceback.
 
 The fresh environment is a `python -m venv --without-pip` whose one .pth file lists this environment's
 site-packages, so torch, Lightning, pip and setuptools are there without gigabytes of installing, and pip finds every
@@ -12,10 +14,13 @@ invisible: the child checks that before it runs the cell."""
 
 import json
 import subprocess
+import sys
+import types
 from pathlib import Path
 
 import nbformat
 import pytest
+import torch
 
 from tests.conftest import ROOT, copy_checkout, fresh_venv, make_idx_dataset, offline_pip_env
 
@@ -36,7 +41,9 @@ with contextlib.redirect_stdout(shown):
     try:
         exec(sys.stdin.read(), {"__name__": "__main__"})
     except Exception as raised:  # what the notebook would show under the cell, and stop at
-        error = f"{type(raised).__name__}: {raised}"
+        # IPython shows _render_traceback_()'s lines in place of the traceback where an exception has it
+        shown_instead = raised._render_traceback_() if hasattr(raised, "_render_traceback_") else None
+        error = {"kind": type(raised).__name__, "message": str(raised), "shown_instead": shown_instead}
 try:
     import hgmldl
     where = hgmldl.__file__
@@ -81,8 +88,8 @@ def with_repository(address: str) -> str:
 def test_installs_the_checkout_the_notebook_sits_in(fresh_python: Path, checkout: Path) -> None:
     result = run_cell(fresh_python, SET_UP_CELL, checkout / "experiments" / "notebooks")
     assert result["error"] is None
-    assert "Successfully installed hgmldl" in result["shown"]  # pip's own lines, in the cell
-    assert "Requirement already satisfied: torch" in result["shown"]
+    # two lines, as the book's quiet `!pip install -q`: where it installed from, and the device
+    assert result["shown"].splitlines() == [f"hgmldl을 이 저장소에서 설치했습니다: {checkout}", "훈련에 쓸 장치: CPU"]
     assert result["hgmldl"] == str(checkout / "src" / "hgmldl" / "__init__.py")  # importable now, from the checkout
 
 
@@ -103,7 +110,7 @@ print("trained:", history.history["val_accuracy"], history.run_dir)
 """
     result = run_cell(fresh_python, with_repository(clone) + next_cell, content)
     assert result["error"] is None, result["shown"]
-    assert f"git+{clone}" in result["shown"] and "Successfully installed hgmldl" in result["shown"]
+    assert result["shown"].splitlines()[:2] == [f"hgmldl을 설치했습니다: {clone}", "훈련에 쓸 장치: CPU"]
     (site,) = (tmp_path / "venv" / "lib").glob("python*/site-packages")
     assert result["hgmldl"] == str(site / "hgmldl" / "__init__.py")  # a plain install (not -e), importable now
     trained = result["shown"].splitlines()[-1]  # the next cell trained, from the installed package's configs
@@ -121,5 +128,40 @@ def test_a_cell_that_cannot_install_stops_with_one_sentence(
     result = run_cell(fresh_python, with_repository(missing), folder, colab=where.startswith("colab"))
     assert missing in result["shown"]  # pip's lines, naming the address it tried
     assert result["hgmldl"] is None
-    kind, message = result["error"].split(": ", 1)
-    assert kind == "RuntimeError" and message.endswith("다시 실행하세요.") and message.count(".") == 1, message
+    message = result["error"]["message"]
+    assert result["error"]["kind"] == "SetupError" and message.endswith("다시 실행하세요.") and message.count(".") == 1
+    assert result["error"]["shown_instead"] == [message]  # the notebook shows this sentence, not a traceback
+
+
+# The cell's last part, from the import of the torch it installed: the device it reports.
+DEVICE_PART = SET_UP_CELL[SET_UP_CELL.index("import torch") :]
+
+
+@pytest.mark.parametrize(
+    ("colab", "gpu", "shown"),
+    [
+        (
+            True,
+            None,
+            [
+                "훈련에 쓸 장치: CPU",
+                "코랩에서 GPU를 쓰려면 [런타임] > [런타임 유형 변경]에서 GPU를 고른 뒤 이 셀부터 다시 실행하세요.",
+            ],
+        ),
+        (True, "Tesla T4", ["훈련에 쓸 장치: Tesla T4"]),
+        (False, None, ["훈련에 쓸 장치: CPU"]),  # outside Colab, a CPU is no mistake
+    ],
+    ids=["colab without a GPU", "colab with a GPU", "a CPU elsewhere"],
+)
+def test_the_cell_names_the_device_and_in_colab_how_to_get_a_gpu(monkeypatch, capsys, colab, gpu, shown) -> None:
+    if colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: gpu)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    namespace = {"sys": sys}
+    exec(DEVICE_PART, namespace)
+    assert capsys.readouterr().out.splitlines() == shown
+    assert namespace["device"].type == ("cuda" if gpu else "cpu")  # the `device` the notebooks' .to(device) use

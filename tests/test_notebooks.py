@@ -134,3 +134,101 @@ def test_notebook_opens_in_colab_from_the_address_its_set_up_cell_installs(path:
     colab = f"https://colab.research.google.com/github/{address}/blob/main/experiments/notebooks/{path.name}"
     badge = f"[![Colab에서 열기](https://colab.research.google.com/assets/colab-badge.svg)]({colab})"
     assert badge in notebook.cells[0].source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[path.name for path in NOTEBOOKS])
+def test_notebook_asks_colab_for_a_gpu(path: Path) -> None:
+    """As the book's notebooks do: Colab opens it on a GPU runtime (its "Change runtime type" reads these keys)."""
+    metadata = nbformat.read(path, as_version=4).metadata
+    assert metadata.get("accelerator") == "GPU" and metadata.get("colab", {}).get("gpuType") == "T4"
+
+
+# What each notebook teaches in PyTorch's own idioms, beside hgmldl's helpers: code every one of these cells holds.
+PYTORCH_IDIOMS = {
+    "07-1.ipynb": ["DataLoader(", "optimizer.zero_grad()", "loss.backward()", "optimizer.step()", ".to(device)"],
+    "07-3.ipynb": ["torch.save(history.model.net.state_dict()", ".load_state_dict(torch.load(", ".to(device)"],
+    "08-2.ipynb": ["model.to(device)", "plot_model(net, show_shapes=True)"],
+    "08-3.ipynb": ["named_children()", "register_forward_hook(", "hook.remove()"],
+    # Deep Learning with Python §2.2-2.4 cell for cell, and §2.5's update_weights on torch's SGD
+    "dlp2-02.ipynb": [
+        ".ndim",
+        ".dtype",
+        "train_images[4]",
+        "train_images[:, 7:-7, 7:-7]",
+        "train_images[128 * n : 128 * (n + 1)]",
+        "def naive_relu(",
+        "def naive_add(",
+        "time.perf_counter()",
+        ".unsqueeze(0)",
+        "def naive_add_matrix_and_vector(",
+        "torch.maximum(x, y)",
+        "def naive_vector_dot(",
+        "def naive_matrix_vector_dot(",
+        "def naive_matrix_dot(",
+        "x.reshape(6, 1)",
+        "x.T",
+        "torch.autograd.grad(y, x)",
+        "torch.autograd.grad(y.sum(), [W, b]",
+        "torch.optim.SGD(naive_model.weights, lr=1e-3)",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", PYTORCH_IDIOMS)
+def test_notebook_runs_pytorchs_own_idioms(name: str) -> None:
+    notebook = nbformat.read(ROOT / "experiments" / "notebooks" / name, as_version=4)
+    code = "\n".join(cell.source for cell in notebook.cells if cell.cell_type == "code")
+    assert not [idiom for idiom in PYTORCH_IDIOMS[name] if idiom not in code]
+
+
+def cell_text(notebook: nbformat.NotebookNode | BaseException, source: str) -> str:
+    """The text a notebook's code cell printed, found by a line of its source."""
+    if isinstance(notebook, BaseException):  # the notebook stopped: its error says where
+        raise notebook
+    (cell,) = [cell for cell in notebook.cells if cell.cell_type == "code" and source in cell.source]
+    return "".join(output.get("text", "") for output in cell.outputs)
+
+
+def test_plain_pytorch_loop_trains_as_the_trainer_did(executed: dict) -> None:
+    """07-1's loop of DataLoader, zero_grad/backward/step gives the Trainer cell's History, epoch for epoch: the same
+    initial weights, minibatches, order and update, run here on generated data."""
+    notebook = executed[ROOT / "experiments" / "notebooks" / "07-1.ipynb"]
+    differences = re.findall(r"^(\w+): 가장 큰 차이 (\S+)$", cell_text(notebook, "plain_history = {"), re.MULTILINE)
+    assert [key for key, _ in differences] == ["loss", "accuracy", "val_loss", "val_accuracy"]
+    assert all(float(difference) < 1e-5 for _, difference in differences), differences
+
+
+def test_state_dict_and_forward_hooks_agree_with_hgmldls_helpers(executed: dict) -> None:
+    folder = ROOT / "experiments" / "notebooks"
+    weights = executed[folder / "07-3.ipynb"]  # torch.save/load_state_dict scores as hgmldl's load_weights
+    accuracies = [
+        cell_text(weights, source).splitlines()[-1]
+        for source in ('load_weights(model, save_load_run / "model.safetensors")', ".load_state_dict(torch.load(")
+    ]
+    assert accuracies[0] == accuracies[1] and 0 < float(accuracies[0]) <= 1
+    hooks = executed[folder / "08-3.ipynb"]  # the forward hooks' maps are feature_extractor's
+    assert cell_text(hooks, "register_forward_hook(").endswith("feature_extractor와 같은 값: True True\n")
+
+
+def test_plot_model_draws_each_layer_with_its_output_shape() -> None:
+    """08-2's keras.utils.plot_model(model, show_shapes=True): the input and the CNN's eleven layers, in order,
+    each with the shape the book's summary gives it (channels first)."""
+    from hgmldl.figures import plot_model
+    from hgmldl.models import cnn
+
+    (axes,) = plot_model(cnn(), show_shapes=True).axes
+    boxes = [text.get_text() for text in axes.texts if text.get_text()]  # the arrows are empty annotations
+    assert boxes[0] == "input (Input)\n(None, 1, 28, 28)"
+    assert boxes[1] == "0 (Conv2d)\n(None, 32, 28, 28)" and boxes[6] == "5 (MaxPool2d)\n(None, 64, 7, 7)"
+    assert boxes[7:] == [
+        "6 (Flatten)\n(None, 3136)",
+        "7 (Linear)\n(None, 100)",
+        "8 (ReLU)\n(None, 100)",
+        "9 (Dropout)\n(None, 100)",
+        "10 (Linear)\n(None, 10)",
+    ]
+    (plain,) = plot_model(cnn()).axes  # without show_shapes: the names alone
+    assert [text.get_text() for text in plain.texts if text.get_text()][1] == "0 (Conv2d)"
+    saved = nbformat.read(ROOT / "experiments" / "notebooks" / "08-2.ipynb", as_version=4)
+    pictures = [cell for cell in saved.cells if cell.cell_type == "code" and "plot_model(net" in cell.source]
+    assert len(pictures) == 2 and all("image/png" in cell.outputs[0].get("data", {}) for cell in pictures)

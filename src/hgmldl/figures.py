@@ -1,4 +1,5 @@
-"""The book's pictures: sample images, History curves, probabilities, confusion matrix, conv filters, feature maps.
+"""The book's pictures: sample images, History curves, probabilities, confusion matrix, conv filters, feature maps,
+and the model's layers (Keras' plot_model).
 
 Every function returns a matplotlib `Figure` built without pyplot (Agg renders it; no global figure state, nothing to
 close), so the same picture goes to a PNG (`save_figure`) or to TensorBoard (`SummaryWriter.add_figure`).
@@ -17,8 +18,11 @@ import torch
 from matplotlib import font_manager
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
+from torch import nn
 
 from hgmldl.errors import UserError
+from hgmldl.model_summary import keras_shape, output_shapes
+from hgmldl.models import INPUT_SHAPE
 
 log = logging.getLogger(__name__)
 
@@ -159,4 +163,29 @@ def plot_feature_maps(maps: torch.Tensor, columns: int = 8, title: str = "") -> 
             axes.imshow(maps[index].detach().cpu().numpy())
         axes.axis("off")
     figure.suptitle(title)
+    return figure
+
+
+def plot_model(model: nn.Module, show_shapes: bool = False, input_shape: tuple[int, ...] = INPUT_SHAPE) -> Figure:
+    """8-2's `keras.utils.plot_model(model, show_shapes=…)`: the input and each layer of the network, top to bottom,
+    one box each ("name (type)"), with show_shapes the output shape under it, channels first. A PyTorch activation
+    is a layer of its own, so the CNN has eleven boxes where Keras draws eight."""
+    net = getattr(model, "net", model)
+    shapes = output_shapes(net, input_shape)
+    boxes = [f"input (Input)\n{keras_shape((1, *input_shape))}" if show_shapes else "input (Input)"]
+    for name, layer in net.named_children():
+        label = f"{name} ({type(layer).__name__})"
+        boxes.append(f"{label}\n{keras_shape(shapes[name])}" if show_shapes else label)
+    row = 0.75 if show_shapes else 0.5  # inches per box and the arrow below it
+    figure = Figure(figsize=(3.2, row * len(boxes)))
+    axes = figure.add_axes((0, 0, 1, 1))
+    axes.set_xlim(0, 1)
+    axes.set_ylim(len(boxes), 0)
+    axes.axis("off")
+    for index, text in enumerate(boxes):
+        axes.text(
+            0.5, index + 0.4, text, ha="center", va="center", fontsize=9, bbox={"boxstyle": "round", "fc": "white"}
+        )
+        if index:
+            axes.annotate("", xy=(0.5, index + 0.1), xytext=(0.5, index - 0.3), arrowprops={"arrowstyle": "->"})
     return figure

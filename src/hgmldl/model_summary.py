@@ -20,6 +20,32 @@ log = logging.getLogger(__name__)
 def summary(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> str:
     """The table Keras' summary() prints, for a Classifier (its `net`) or any nn.Sequential."""
     net = getattr(model, "net", model)
+    shapes = output_shapes(net, input_shape)
+    line, rule = "_" * 72, "=" * 72
+    rows = [f'Model: "{type(net).__name__}"', line, f"{'Layer (type)':<32}{'Output Shape':<26}{'Param #':>12}", rule]
+    for name, layer in net.named_children():
+        count = sum(parameter.numel() for parameter in layer.parameters())
+        # padded: a layer named in Hangul (nn.Sequential(OrderedDict([("은닉층", …)]))) keeps the columns aligned
+        rows.append(f"{padded(f'{name} ({type(layer).__name__})', 32)}{keras_shape(shapes[name]):<26}{count:>12,}")
+    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in net.parameters())
+    rows += [
+        rule,
+        f"Total params: {total:,}",
+        f"Trainable params: {trainable:,}",
+        f"Non-trainable params: {total - trainable:,}",
+        line,
+    ]
+    return "\n".join(rows)
+
+
+def keras_shape(shape: tuple[int, ...]) -> str:
+    """A batch's shape as Keras writes it: (None, 32, 28, 28)."""
+    return "(None, " + ", ".join(str(size) for size in shape[1:]) + ")"
+
+
+def output_shapes(net: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> dict[str, tuple[int, ...]]:
+    """Each child layer's output shape for one input (forward hooks), keyed by the layer's name."""
     shapes: dict[str, tuple[int, ...]] = {}
     hooks = [
         layer.register_forward_hook(lambda _layer, _inputs, output, name=name: shapes.__setitem__(name, output.shape))
@@ -34,24 +60,7 @@ def summary(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) -> str
         net.train(training)
         for hook in hooks:
             hook.remove()
-
-    line, rule = "_" * 72, "=" * 72
-    rows = [f'Model: "{type(net).__name__}"', line, f"{'Layer (type)':<32}{'Output Shape':<26}{'Param #':>12}", rule]
-    for name, layer in net.named_children():
-        shape = "(None, " + ", ".join(str(size) for size in shapes[name][1:]) + ")"
-        count = sum(parameter.numel() for parameter in layer.parameters())
-        # padded: a layer named in Hangul (nn.Sequential(OrderedDict([("은닉층", …)]))) keeps the columns aligned
-        rows.append(f"{padded(f'{name} ({type(layer).__name__})', 32)}{shape:<26}{count:>12,}")
-    trainable = sum(p.numel() for p in net.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in net.parameters())
-    rows += [
-        rule,
-        f"Total params: {total:,}",
-        f"Trainable params: {trainable:,}",
-        f"Non-trainable params: {total - trainable:,}",
-        line,
-    ]
-    return "\n".join(rows)
+    return shapes
 
 
 class Summary(ModelSummary):
