@@ -209,8 +209,16 @@ def epoch_metrics(trainer: L.Trainer) -> dict[str, list[float]]:
 
 @pytest.mark.parametrize(("module_class", "options"), [case[1:] for case in SAME], ids=[case[0] for case in SAME])
 def test_n_updates_per_step_train_what_one_does(module_class, options, tmp_path):
+    assert_trains_as_one_update_per_step(module_class, options, N, tmp_path)
+
+
+def test_fifty_updates_per_step_more_than_an_epoch_train_what_one_does(tmp_path):
+    assert_trains_as_one_update_per_step(LitRegressor, {}, 50, tmp_path)
+
+
+def assert_trains_as_one_update_per_step(module_class, options: dict, n: int, tmp_path) -> None:
     plain, plain_trainer = fit(module_class, options, 1, tmp_path / "n1")
-    module, trainer = fit(module_class, options, N, tmp_path / f"n{N}")
+    module, trainer = fit(module_class, options, n, tmp_path / f"n{n}")
     assert trainer.global_step == plain_trainer.global_step > 0
     for name, tensor in plain.state_dict().items():
         torch.testing.assert_close(module.state_dict()[name], tensor, rtol=1e-5, atol=1e-6, msg=name)
