@@ -305,6 +305,7 @@ class TensorBatches:
         self.sampler = sampler(
             range(len(labels)), num_replicas=world_size, rank=rank, shuffle=shuffle is not None, seed=seed
         )
+        self.order: tuple[int, torch.Tensor] | None = None  # (the sampler's epoch, its order as a tensor)
 
     def __len__(self) -> int:
         return math.ceil(self.sampler.num_samples / self.batch_size)
@@ -313,8 +314,11 @@ class TensorBatches:
         if self.sampler.shuffle or self.sampler.num_replicas > 1:
             # Each minibatch is gathered when its step comes: gathering the whole shuffled epoch up front writes a
             # fresh 150 MB tensor every epoch, which took longer than gathering the minibatches (docs/performance.md).
-            order = torch.as_tensor(list(self.sampler), device=self.images.device)
-            for indices in order.split(self.batch_size):
+            # The sampler's order changes with its epoch (Keras' never): turning its list into a tensor takes as
+            # long as 30 softmax updates, so it is done once per order.
+            if self.order is None or self.order[0] != self.sampler.epoch:
+                self.order = self.sampler.epoch, torch.as_tensor(list(self.sampler), device=self.images.device)
+            for indices in self.order[1].split(self.batch_size):
                 yield self.images.index_select(0, indices), self.labels.index_select(0, indices)
         else:
             yield from zip(self.images.split(self.batch_size), self.labels.split(self.batch_size), strict=True)

@@ -119,24 +119,22 @@ class StepsPerExecution(L.Callback):
             steps = min(steps, trainer.max_steps - trainer.global_step)
         for every in self.checkpoint_every:  # end on ModelCheckpoint's update counts, so it saves where N = 1 does
             steps = min(steps, every - trainer.global_step % every)
-        output = None
+        output, optimizer = None, self.module.optimizers()
         convert = trainer.precision_plugin.convert_input
         for i, (batch, batch_idx, _) in enumerate(itertools.islice(dataloader_iter, steps)):
             if i == 1:  # Lightning did this for the execution's first minibatch; later ones change nothing
                 start_logging_minibatch(trainer)
             self.batch = self.transfer(convert(batch)) if self.transfer else convert(batch)
-            output = self.update(trainer, self.batch, batch_idx)
+            output = self.update(trainer, optimizer, self.batch, batch_idx)
             if self.steps_schedulers:
                 self.step_schedulers(trainer, "step", batch_idx + 1)
         return detached(output)
 
-    def update(self, trainer: L.Trainer, batch: Any, batch_idx: int) -> Any:
+    def update(self, trainer: L.Trainer, optimizer: LightningOptimizer, batch: Any, batch_idx: int) -> Any:
         """One minibatch's update, in automatic optimization's order: training_step, optimizer_zero_grad, backward,
         clipping, the optimizer's step. Returns what training_step returned."""
-        optimizer = self.module.optimizers()
         if self.plain:
             output = self.training_step(batch, batch_idx)
-            optimizer.zero_grad()
             plain_update(optimizer, loss_of(output))
             return output
         module, output = self.module, None
@@ -307,17 +305,20 @@ def plain_updates_are_exact(trainer: L.Trainer, module: L.LightningModule) -> bo
 
 
 def plain_update(optimizer: LightningOptimizer, loss: torch.Tensor | None) -> None:
-    """backward() and the torch optimizer's own step(), counted as Lightning counts its updates (`global_step`).
+    """The torch optimizer's own zero_grad() and step() around backward(), counted as Lightning counts its updates
+    (`global_step`).
 
     Lightning's public route passes every update through the strategy, the precision plugin and each callback's
     hooks; at batch 32 that costs as much as a small model's whole update (docs/performance.md). The counting uses
     LightningOptimizer's private `_on_before_step` / `_on_after_step`, tested on the `lightning` versions that
     pyproject.toml admits (tests/test_steps_per_execution.py fails when they change).
     """
+    torch_optimizer = optimizer.optimizer
+    torch_optimizer.zero_grad()
     if loss is not None:
         loss.backward()
     optimizer._on_before_step()
-    optimizer.optimizer.step()
+    torch_optimizer.step()
     optimizer._on_after_step()
 
 
