@@ -40,6 +40,8 @@ from hgmldl.hardware import BF16_FEATURES, check_cpu_bf16, cpu_has_native_bf16, 
 
 ROOT = Path(__file__).resolve().parents[1]
 
+TARGET = 1.10  # hgmldl ÷ the plain loop, for every model at the default steps_per_execution (docs/performance.md)
+
 # The book's runs: (optimizer, batch size). softmax/mlp: 7-1/7-2 compile() defaults; dropout_mlp: 7-3; cnn: 8-2;
 # dense512: Deep Learning with Python ch. 2.
 MODELS = {
