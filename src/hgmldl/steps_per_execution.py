@@ -12,7 +12,8 @@ one line when fit starts (docs/training.md has the table). N = 1 is plain Lightn
 This file is the one seam: the module, the data module and the other callbacks do not know N. It holds the private
 Lightning APIs on the training path, each in one small function with its test: the update counting of
 `plain_update` (an update without Lightning's per-update plumbing, where nothing needs it) and
-`counted_as_automatic_optimization_counts`, `start_logging_minibatch`, and `synchronize_update_counts`.
+`counted_as_automatic_optimization_counts`, `start_logging_minibatch`, `synchronize_update_counts`, and
+`checkpoint_every_n_train_steps`.
 """
 
 import contextlib
@@ -41,9 +42,10 @@ warnings.filterwarnings("ignore", message=r"You are using the `dataloader_iter` 
 # is what automatic optimization saves too; executions end on those update counts, so it saves the N = 1 weights.
 warnings.filterwarnings("ignore", message=r"Using ModelCheckpoint with manual optimization and every_n_train_steps")
 
-# The hooks an update runs; where none is overridden, `plain_update` does the update without Lightning's plumbing.
-UPDATE_HOOKS = ("on_before_backward", "backward", "on_after_backward", "on_before_optimizer_step")
-MODULE_UPDATE_HOOKS = (*UPDATE_HOOKS, "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping")
+# The hooks an update runs (the module's and the callbacks', then the module's alone); where none is overridden,
+# `plain_update` does the update without Lightning's plumbing.
+UPDATE_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+MODULE_UPDATE_HOOKS = ("backward", "optimizer_step", "optimizer_zero_grad", "configure_gradient_clipping")
 
 
 class StepsPerExecution(L.Callback):
@@ -157,7 +159,7 @@ class StepsPerExecution(L.Callback):
         return output
 
     def log_minibatch(self, name: str, value: Any, *args: Any, batch_size: int | None = None, **kwargs: Any) -> None:
-        """`self.log` inside the training step, with the batch size Lightning infers from a minibatch."""
+        """The module's `self.log` while fit runs, with the batch size Lightning infers from the minibatch."""
         if batch_size is None and self.module.trainer.training:  # Lightning's rule: 1 where there is no minibatch
             batch_size = 1 if self.batch is None else extract_batch_size(self.batch)
         self.log(name, value, *args, batch_size=batch_size, **kwargs)
@@ -253,11 +255,9 @@ def batch_transfer(trainer: L.Trainer, module: L.LightningModule) -> Callable[[A
     datamodule = trainer.datamodule
     hooks, overridden = [], False
     for name in TRANSFER_HOOKS:
-        if datamodule is not None and is_overridden(name, datamodule, L.LightningDataModule):
-            hooks.append(getattr(datamodule, name))
-        else:
-            hooks.append(getattr(module, name))
-        overridden = overridden or is_overridden(name, hooks[-1].__self__)
+        owner = datamodule if datamodule is not None and is_overridden(name, datamodule) else module
+        hooks.append(getattr(owner, name))
+        overridden = overridden or is_overridden(name, owner)
     device = trainer.strategy.root_device
     if device.type == "cpu" and not overridden:
         return None
@@ -299,8 +299,8 @@ def plain_updates_are_exact(trainer: L.Trainer, module: L.LightningModule) -> bo
         and (type(precision) is MixedPrecision or not is_overridden("optimizer_step", precision, Precision))
         and getattr(precision, "scaler", None) is None
         and not trainer.gradient_clip_val
+        and not any(hook_overridden(hook, trainer, module) for hook in UPDATE_HOOKS)
         and not any(is_overridden(hook, module, L.LightningModule) for hook in MODULE_UPDATE_HOOKS)
-        and not any(is_overridden(hook, cb, L.Callback) for cb in trainer.callbacks for hook in UPDATE_HOOKS)
     )
 
 
